@@ -1,0 +1,36 @@
+"""Device selection: one device per worker, with a clear error when its stack is missing."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def resolve_device(kind: str, threads: int | None = None) -> str:
+    """Return the torch device string for `kind` (cpu | cuda | hpu), after checking it can be used."""
+    if threads:
+        torch.set_num_threads(threads)
+    if kind == "cpu":
+        return "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("hardware=cuda but torch sees no CUDA device (check CUDA_VISIBLE_DEVICES and the torch build)")
+        return "cuda"
+    if kind == "hpu":
+        try:
+            import habana_frameworks.torch.core  # noqa: F401
+        except ImportError as e:
+            raise RuntimeError(
+                "hardware=hpu needs the Gaudi software stack: the package 'habana_frameworks' "
+                f"(habana-torch-plugin) is not importable ({e}). Install Intel Gaudi's PyTorch or use hardware=cpu."
+            ) from None
+        return "hpu"
+    raise ValueError(f"unknown hardware kind {kind!r}")
+
+
+def pin_worker_device(kind: str, worker_index: int) -> None:
+    """Give each worker process one device by restricting what it can see (before torch touches it)."""
+    if kind == "cuda" and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(worker_index)
+    if kind == "hpu" and "HABANA_VISIBLE_MODULES" not in os.environ:
+        os.environ["HABANA_VISIBLE_MODULES"] = str(worker_index)
