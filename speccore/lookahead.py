@@ -1,0 +1,394 @@
+"""Lookahead policies: how many tokens k the drafter proposes at the next step.
+
+Small pure objects, one instance per row (the engine builds them with `make_policy`), so all
+state is per row. The engine calls, for every step of a row:
+
+    k = policy.propose_k()                      # 0 = plain decoding, draft nothing
+    ... drafting token i (1-based): stop early if not policy.should_continue(i, top_prob) ...
+    policy.observe(k, drafted, accepted, draft_s, verify_s)
+    log(policy.decision())                      # what the choice was based on, for offline comparison
+
+Words as in DESIGN.md section 3: accepted = draft tokens the target kept, bonus = the one token the
+target adds per step, tokens per step = accepted + 1.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+__all__ = [
+    "LookaheadPolicy", "Constant", "Heuristic", "ConfidenceStop", "CostModel", "CostAware",
+    "Oracle", "expected_tokens", "oracle_k", "oracle_speedup", "policy_speedup",
+    "fraction_of_oracle", "make_policy", "POLICY_NAMES",
+]
+
+
+@runtime_checkable
+class LookaheadPolicy(Protocol):
+    name: str
+
+    def propose_k(self) -> int:
+        """k for the next step; 0 means plain decoding (draft nothing)."""
+
+    def should_continue(self, i: int, drafter_top_prob: float) -> bool:
+        """After the drafter proposed its i-th token (1-based, kept) with top probability
+        `drafter_top_prob`: False means draft no further tokens this step."""
+
+    def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        """The step's outcome: k proposed, `drafted` actually drafted (<= k), `accepted` kept."""
+
+    def decision(self) -> dict:
+        """The last decision and its inputs, for the steps log."""
+
+
+class _Policy:
+    """Defaults shared by the policies: no confidence stop, nothing learnt."""
+
+    name = "base"
+
+    def should_continue(self, i: int, drafter_top_prob: float) -> bool:
+        return True
+
+    def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        pass
+
+    def decision(self) -> dict:
+        return dict(self._decision)
+
+
+class Constant(_Policy):
+    """The same k at every step."""
+
+    name = "constant"
+
+    def __init__(self, k: int = 5):
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        self.k = int(k)
+        self._decision = {"policy": self.name, "k": self.k, "reason": "constant"}
+
+    def propose_k(self) -> int:
+        return self.k
+
+
+class Heuristic(_Policy):
+    """Transformers' schedule: +2 after a fully accepted draft, -1 otherwise, clamped to [k_min, k_max].
+
+    Trades: reacts within a step or two and needs no costs, but it never drops to plain decoding
+    (k_min >= 1), so it loses to k=0 where verification is expensive and acceptance low.
+    """
+
+    name = "heuristic"
+
+    def __init__(self, k0: int = 5, k_min: int = 1, k_max: int = 16):
+        if not 0 <= k_min <= k_max:
+            raise ValueError(f"need 0 <= k_min <= k_max, got {k_min}, {k_max}")
+        self.k_min, self.k_max = int(k_min), int(k_max)
+        self.k = min(max(int(k0), self.k_min), self.k_max)
+        self._decision = {"policy": self.name, "k": self.k, "reason": "initial"}
+
+    def propose_k(self) -> int:
+        return self.k
+
+    def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        full = k > 0 and accepted >= k  # as transformers: all k proposed were accepted
+        self.k = min(max(self.k + (2 if full else -1), self.k_min), self.k_max)
+        self._decision = {"policy": self.name, "k": self.k, "last_k": k, "last_accepted": accepted,
+                          "reason": "full_accept" if full else "rejection"}
+
+
+class ConfidenceStop(_Policy):
+    """Propose k_max; stop drafting after a token whose drafter top probability is under `threshold`.
+
+    Trades: a cheap per-token signal of the drafter's own uncertainty, against drafts cut short
+    when the drafter is unsure yet right (and drafts run long when it is sure yet wrong).
+    """
+
+    name = "confidence"
+
+    def __init__(self, k_max: int = 16, threshold: float = 0.4):
+        if k_max < 0 or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"need k_max >= 0 and threshold in [0, 1], got {k_max}, {threshold}")
+        self.k_max, self.threshold = int(k_max), float(threshold)
+        self._decision = {"policy": self.name, "k": self.k_max, "threshold": self.threshold,
+                          "reason": "k_max"}
+
+    def propose_k(self) -> int:
+        return self.k_max
+
+    def should_continue(self, i: int, drafter_top_prob: float) -> bool:
+        return drafter_top_prob >= self.threshold
+
+    def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        self._decision = {"policy": self.name, "k": self.k_max, "threshold": self.threshold,
+                          "last_drafted": drafted, "last_accepted": accepted,
+                          "reason": "confidence_stop" if drafted < k else "k_max"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs, in units of one plain (one-token) target step.
+
+# DESIGN.md section 9, eager fp32 on the CPU machines: target forward over k+1 tokens / one token.
+DEFAULT_V: dict[int, float] = {0: 1.00, 1: 2.11, 3: 2.62, 5: 2.82, 7: 2.92}
+DEFAULT_C = 0.18  # SmolLM2-135M step (~83 ms) / 1.5B step (~470 ms)
+
+
+def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
+    """Piecewise-linear through the points; beyond the last point, the last segment's slope."""
+    ks = sorted(points)
+    vs = [float(points[k]) for k in ks]
+    if len(ks) == 1:
+        return lambda k: vs[0]
+
+    def v(k: int) -> float:
+        j = min(max(bisect.bisect_right(ks, k) - 1, 0), len(ks) - 2)
+        k0, k1 = ks[j], ks[j + 1]
+        return vs[j] + (vs[j + 1] - vs[j]) * (k - k0) / (k1 - k0)
+
+    return v
+
+
+class CostModel:
+    """Draft cost c (per drafted token) and verify cost v(k) (target forward over k+1 tokens),
+    both relative to one plain target step. One object is shared by all rows of an engine.
+
+    `v` is a sequence (v[k] for k = 0, 1, ...), a {k: v} mapping of measured points (interpolated),
+    or a callable. `update` folds measured timings in (EWMA, weight `ewma` for the new sample):
+    per-k verify seconds, draft seconds per drafted token, and the plain step time t1 (from k=0
+    steps or `set_step_time`). Until t1 is measured, the prior curve anchors it (t1 ~ verify_s /
+    v_prior(k)), so c is still learnt relative to the target while v stays the prior.
+    """
+
+    def __init__(self, c: float = DEFAULT_C,
+                 v: Sequence[float] | Mapping[int, float] | Callable[[int], float] | None = None,
+                 ewma: float = 0.2):
+        if v is None:
+            v = DEFAULT_V
+        if isinstance(v, Mapping):
+            v = _curve(v)
+        elif not callable(v):
+            v = _curve(dict(enumerate(v)))
+        self._c_prior = float(c)
+        self._v_prior: Callable[[int], float] = v
+        self.ewma = float(ewma)
+        self._t1: float | None = None  # seconds per plain step, measured
+        self._verify_s: dict[int, float] = {}  # drafted -> EWMA verify seconds
+        self._draft_tok_s: float | None = None  # EWMA draft seconds per drafted token
+
+    def _avg(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.ewma) * old + self.ewma * new
+
+    def set_step_time(self, seconds: float) -> None:
+        """Measured plain (one-token) target step time, e.g. from a warm-up step."""
+        self._t1 = self._avg(self._t1, float(seconds))
+
+    def update(self, drafted: int, draft_s: float, verify_s: float) -> None:
+        """Fold in one step's timings; drafted = draft tokens the target verified (0 = plain step)."""
+        if verify_s <= 0:
+            return
+        if drafted == 0:
+            self.set_step_time(verify_s)
+            return
+        self._verify_s[drafted] = self._avg(self._verify_s.get(drafted), float(verify_s))
+        if draft_s > 0:
+            self._draft_tok_s = self._avg(self._draft_tok_s, draft_s / drafted)
+
+    def _anchor(self) -> float | None:
+        """Seconds of one plain target step: measured, else implied by the prior v curve."""
+        if self._t1 is not None:
+            return self._t1
+        if not self._verify_s:
+            return None
+        implied = [s / self._v_prior(k) for k, s in self._verify_s.items()]
+        return sum(implied) / len(implied)
+
+    @property
+    def c(self) -> float:
+        t1 = self._anchor()
+        if self._draft_tok_s is None or not t1:
+            return self._c_prior
+        return self._draft_tok_s / t1
+
+    def v(self, k: int) -> float:
+        if k == 0:
+            return 1.0
+        if self._t1 is not None and k in self._verify_s:
+            return self._verify_s[k] / self._t1
+        return float(self._v_prior(k))
+
+    def step_cost(self, k: int) -> float:
+        """Cost of a step that drafts k tokens; a plain step (k=0) costs 1."""
+        return 1.0 if k == 0 else k * self.c + self.v(k)
+
+    def snapshot(self) -> dict:
+        return {"c": self.c, "t1_s": self._t1, "v_measured": sorted(self._verify_s)}
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """E(k) = 1 + alpha + ... + alpha^k = (1 - alpha^(k+1)) / (1 - alpha); k+1 at alpha = 1."""
+    return float(sum(alpha ** i for i in range(k + 1)))
+
+
+class CostAware(_Policy):
+    """Choose k in 0..k_max maximising E(k) / (k*c + v(k)); k = 0 (plain) unless some k beats it.
+
+    alpha (per-token acceptance) is a Beta posterior whose evidence decays by `decay` per observed
+    step, so it follows a row whose text changes (window ~ 1/(1 - decay) steps). A step with
+    accepted < drafted is `accepted` successes then one failure; a fully accepted draft is
+    `accepted` successes and no failure (what would come next is unknown). The prior
+    Beta(s*alpha_prior, s*(1-alpha_prior)), s = prior_strength, can carry a pair-level estimate
+    shared by the rows (pass the pair's acceptance rate as alpha_prior).
+    """
+
+    name = "cost"
+
+    def __init__(self, k_max: int = 16, cost_model: CostModel | None = None,
+                 alpha_prior: float = 0.5, prior_strength: float = 2.0, decay: float = 0.95,
+                 probe_every: int = 8, probe_max: int = 64, probe_k: int = 3,
+                 learn_costs: bool = True):
+        if not 0.0 <= alpha_prior <= 1.0 or prior_strength <= 0 or not 0.0 < decay <= 1.0:
+            raise ValueError("need alpha_prior in [0, 1], prior_strength > 0, decay in (0, 1]")
+        self.k_max = int(k_max)
+        self.cost_model = cost_model if cost_model is not None else CostModel()
+        self.alpha_prior, self.prior_strength, self.decay = alpha_prior, prior_strength, decay
+        self.probe_every, self.probe_max = int(probe_every), max(int(probe_max), int(probe_every))
+        self.probe_k = max(1, min(int(probe_k), self.k_max))
+        # In a batch engine, rows share one step's timings: pass learn_costs=False there and call
+        # cost_model.update once per step instead of once per row.
+        self.learn_costs = learn_costs
+        self._s = 0.0  # discounted successes
+        self._n = 0.0  # discounted trials
+        # Consecutive k=0 steps, and how many of them before the next probe. The gap starts at 0:
+        # the row probes at once, as the prior alone is no evidence that the drafter is useless.
+        self._gap = 0
+        self._plain_run = 0
+        self._decision: dict[str, Any] = {"policy": self.name, "reason": "initial"}
+
+    @property
+    def alpha(self) -> float:
+        a = self.prior_strength * self.alpha_prior + self._s
+        return a / (self.prior_strength + self._n)
+
+    def propose_k(self) -> int:
+        alpha, cm = self.alpha, self.cost_model
+        scores = [expected_tokens(alpha, k) / cm.step_cost(k) for k in range(self.k_max + 1)]
+        best = k = max(range(len(scores)), key=lambda j: (scores[j], -j))  # ties -> smaller k
+        reason = "argmax" if k > 0 else "plain"
+        # k = 0 teaches nothing about alpha, so a row that went plain would stay plain forever.
+        # Probe: after `gap` plain steps, draft probe_k tokens once. A probe with a rejection
+        # doubles the gap (probe_every, 2x, ... up to probe_max); a fully accepted one probes again
+        # at once; speculating resets the gap. Trades: a probe costs probe_k*c + v(probe_k) for
+        # ~1 token at alpha ~ 0 (3 plain steps with the CPU costs): a fixed gap of 8 loses ~15%
+        # there, the backoff ~3%; in exchange the row notices within probe_max plain steps when
+        # its text turns predictable (code, copies from the prompt).
+        if k == 0 and self.k_max > 0:
+            if self._plain_run >= self._gap:
+                k, reason, self._plain_run = self.probe_k, "probe", 0
+            else:
+                self._plain_run += 1
+        elif k > 0:
+            self._plain_run, self._gap = 0, self.probe_every
+        self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
+                          "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
+                          "tokens_per_cost": scores[k], "argmax_k": best}
+        return k
+
+    def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        if drafted > 0:
+            rejected = accepted < drafted
+            if self._decision.get("reason") == "probe":
+                self._gap = min(max(2 * self._gap, self.probe_every), self.probe_max) if rejected else 0
+            trials = accepted + (1 if rejected else 0)
+            self._s = self.decay * self._s + accepted
+            self._n = self.decay * self._n + trials
+        if self.learn_costs:
+            self.cost_model.update(drafted, draft_s, verify_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracle, for offline analysis only.
+
+def _step(s: Any) -> tuple[int, int]:
+    """(drafted, accepted) of a logged step: a mapping with k, accepted (and drafted), or a pair."""
+    if isinstance(s, Mapping):
+        drafted = s.get("drafted")
+        return int(s["k"] if drafted is None else drafted), int(s["accepted"])
+    k, accepted = s
+    return int(k), int(accepted)
+
+
+def oracle_k(accepted_lengths: Iterable[int], cost_model: CostModel | None = None) -> list[int]:
+    """Hindsight best k per step: the number accepted. With a cost model, 0 where decoding that
+    step's accepted+1 tokens plainly is cheaper than one step drafting exactly `accepted`."""
+    out = []
+    for a in accepted_lengths:
+        a = int(a)
+        out.append(0 if cost_model is not None and a + 1 <= cost_model.step_cost(a) else a)
+    return out
+
+
+def oracle_speedup(steps: Iterable[Any], cost_model: CostModel) -> float:
+    """Expected speedup of the hindsight oracle over plain decoding on the logged steps.
+
+    Counting (the same for `policy_speedup`): a step yields accepted + 1 tokens. A plain step
+    yields 1 token at cost 1; a step drafting k tokens costs k*c + v(k). Speedup = tokens / cost.
+    The oracle yields the same tokens as the log, but for each step pays min(a*c + v(a), a + 1),
+    a = accepted: it drafts exactly a tokens, or decodes those a + 1 tokens plainly if cheaper.
+    `accepted` is capped by the logged k, so take the log of a run with a large constant k; on a
+    policy's own log the oracle is a lower bound.
+    """
+    tokens = cost = 0.0
+    for s in steps:
+        _, a = _step(s)
+        tokens += a + 1
+        cost += min(cost_model.step_cost(a), a + 1.0)
+    return tokens / cost if cost else 1.0
+
+
+def policy_speedup(steps: Iterable[Any], cost_model: CostModel) -> float:
+    """Speedup over plain decoding of the logged policy: sum(accepted + 1) / sum(step cost), a step
+    costing drafted*c + v(drafted) (drafted defaults to k; drafted = 0 is a plain step, cost 1)."""
+    tokens = cost = 0.0
+    for s in steps:
+        d, a = _step(s)
+        tokens += a + 1
+        cost += cost_model.step_cost(d)
+    return tokens / cost if cost else 1.0
+
+
+def fraction_of_oracle(steps: Sequence[Any], cost_model: CostModel) -> float:
+    """Policy speedup / oracle speedup on the same logged steps (1.0 = as good as hindsight)."""
+    return policy_speedup(steps, cost_model) / oracle_speedup(steps, cost_model)
+
+
+class Oracle:
+    """Analysis-only namespace (it needs the future, so it cannot drive an engine)."""
+
+    oracle_k = staticmethod(oracle_k)
+    speedup = staticmethod(oracle_speedup)
+    policy_speedup = staticmethod(policy_speedup)
+    fraction = staticmethod(fraction_of_oracle)
+
+
+# ---------------------------------------------------------------------------------------------
+
+_FACTORIES: dict[str, Callable[..., LookaheadPolicy]] = {
+    "constant": Constant,
+    "heuristic": Heuristic,
+    "confidence": ConfidenceStop,
+    "cost": CostAware,
+    "cost-aware": CostAware,
+    "cost_aware": CostAware,
+}
+POLICY_NAMES = ("constant", "heuristic", "confidence", "cost")
+
+
+def make_policy(name: str, **params: Any) -> LookaheadPolicy:
+    """A fresh policy for one row. Share a CostModel across rows by passing cost_model=..."""
+    key = name.strip().lower()
+    if key == "oracle":
+        raise ValueError("the oracle needs the future: it is for offline analysis "
+                         "(speccore.lookahead.oracle_speedup), not a policy for the engine")
+    if key not in _FACTORIES:
+        raise ValueError(f"unknown lookahead policy {name!r}; choose one of {POLICY_NAMES}")
+    return _FACTORIES[key](**params)

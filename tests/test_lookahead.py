@@ -1,0 +1,372 @@
+"""Lookahead policies: tables of outcomes -> k, in the style of vLLM's test_ngram.py."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from speccore.lookahead import (
+    ConfidenceStop, Constant, CostAware, CostModel, Heuristic, LookaheadPolicy, Oracle,
+    expected_tokens, fraction_of_oracle, make_policy, oracle_k, oracle_speedup, policy_speedup,
+)
+
+
+def drive(policy, accepted_seq):
+    """Feed outcomes (accepted count per step, capped by k) and collect the k proposed."""
+    ks = []
+    for a in accepted_seq:
+        k = policy.propose_k()
+        ks.append(k)
+        policy.observe(k, k, min(a, k), 0.0, 0.0)
+    return ks
+
+
+def strong(alpha):
+    """A CostAware prior so strong that the estimate stays at alpha."""
+    return dict(alpha_prior=alpha, prior_strength=1e9)
+
+
+# ------------------------------------------------------------------ Constant / Heuristic
+
+@pytest.mark.parametrize("k, accepted, expected", [
+    (5, [0, 5, 2], [5, 5, 5]),
+    (0, [0, 0], [0, 0]),
+    (1, [1, 0, 1], [1, 1, 1]),
+])
+def test_constant(k, accepted, expected):
+    assert drive(Constant(k), accepted) == expected
+
+
+@pytest.mark.parametrize("k0, k_min, k_max, accepted, expected", [
+    # +2 after a fully accepted draft, -1 otherwise
+    (5, 1, 16, [5, 7, 0, 3], [5, 7, 9, 8]),
+    # clamped at k_max
+    (5, 1, 8, [99, 99, 99, 0], [5, 7, 8, 8]),
+    # clamped at k_min
+    (2, 1, 16, [0, 0, 0, 1, 3], [2, 1, 1, 1, 3]),
+    # k0 outside the range is clamped first
+    (20, 1, 10, [0], [10]),
+    # partial acceptance never grows k
+    (4, 1, 16, [3, 2, 1], [4, 3, 2]),
+])
+def test_heuristic(k0, k_min, k_max, accepted, expected):
+    ks = drive(Heuristic(k0=k0, k_min=k_min, k_max=k_max), accepted)
+    assert ks == expected
+
+
+def test_heuristic_full_means_all_k_proposed():
+    # a draft cut short (drafted < k) and fully accepted is not "fully accepted" (as transformers)
+    p = Heuristic(k0=5)
+    p.observe(5, 3, 3, 0.0, 0.0)
+    assert p.propose_k() == 4
+    assert p.decision()["reason"] == "rejection"
+
+
+# ------------------------------------------------------------------ ConfidenceStop
+
+def drafted_until_stop(policy, probs):
+    k = policy.propose_k()
+    drafted = 0
+    for i, p in enumerate(probs[:k], start=1):
+        drafted = i  # the i-th token is kept
+        if not policy.should_continue(i, p):
+            break
+    return drafted
+
+
+@pytest.mark.parametrize("k_max, threshold, probs, drafted", [
+    (16, 0.4, [0.9, 0.8, 0.3, 0.9], 3),  # stops after the first unsure token, which is kept
+    (16, 0.4, [0.1, 0.9], 1),
+    (16, 0.4, [0.4, 0.4, 0.39], 3),  # exactly at the threshold continues
+    (16, 0.4, [0.95] * 40, 16),  # never unsure: k_max
+    (4, 0.4, [0.95] * 40, 4),
+    (16, 0.0, [0.01] * 40, 16),  # threshold 0 never stops
+    (16, 1.0, [0.99, 0.99], 1),  # threshold 1 stops after one token
+])
+def test_confidence_stop(k_max, threshold, probs, drafted):
+    p = ConfidenceStop(k_max=k_max, threshold=threshold)
+    assert p.propose_k() == k_max
+    assert drafted_until_stop(p, probs) == drafted
+
+
+def test_default_should_continue_is_true():
+    for p in (Constant(3), Heuristic(), CostAware()):
+        assert all(p.should_continue(i, 0.0) for i in range(1, 20))
+
+
+# ------------------------------------------------------------------ CostModel
+
+def test_cost_model_defaults_from_design():
+    cm = CostModel()
+    assert cm.c == pytest.approx(0.18)
+    for k, v in {0: 1.0, 1: 2.11, 3: 2.62, 5: 2.82, 7: 2.92}.items():
+        assert cm.v(k) == pytest.approx(v)
+    assert cm.v(2) == pytest.approx((2.11 + 2.62) / 2)  # interpolated
+    assert cm.v(9) == pytest.approx(2.92 + 2 * 0.05)  # last slope continued
+    assert cm.step_cost(0) == 1.0
+    assert cm.step_cost(3) == pytest.approx(3 * 0.18 + 2.62)
+
+
+def test_cost_model_sequence_and_callable():
+    assert CostModel(c=0.1, v=[1.0, 1.5, 1.7]).v(2) == pytest.approx(1.7)
+    assert CostModel(c=0.1, v=lambda k: 1 + k).v(4) == 5
+
+
+def test_cost_model_update_from_timings():
+    cm = CostModel(ewma=0.5)
+    # before any plain step, the prior curve anchors the step time: 1.048 s / 2.62 = 0.4 s
+    cm.update(3, draft_s=0.3, verify_s=2.62 * 0.4)
+    assert cm.v(3) == pytest.approx(2.62)
+    assert cm.c == pytest.approx(0.1 / 0.4)
+    # a measured plain step anchors it: v(3) = 1.048 / 0.5, c = 0.1 / 0.5
+    cm.update(0, draft_s=0.0, verify_s=0.5)
+    assert cm.v(3) == pytest.approx(2.62 * 0.4 / 0.5)
+    assert cm.c == pytest.approx(0.2)
+    # EWMA with weight 0.5 on the new sample
+    cm.update(3, draft_s=0.6, verify_s=2.048)
+    assert cm.v(3) == pytest.approx((1.048 + 2.048) / 2 / 0.5)
+    assert cm.c == pytest.approx((0.1 + 0.2) / 2 / 0.5)
+    assert cm.v(5) == pytest.approx(2.82)  # not measured: the prior
+
+
+def test_policy_learns_costs_unless_told_not_to():
+    cm = CostModel(ewma=1.0)
+    CostAware(cost_model=cm, learn_costs=False).observe(3, 3, 1, 0.3, 1.0)
+    assert cm.c == pytest.approx(0.18)
+    CostAware(cost_model=cm).observe(0, 0, 0, 0.0, 0.5)
+    assert cm.snapshot()["t1_s"] == 0.5
+
+
+# ------------------------------------------------------------------ CostAware
+
+@pytest.mark.parametrize("alpha, k", [(0.0, 1), (0.5, 1.75), (1.0, 4), (0.9, 1 + 0.9 + 0.81)])
+def test_expected_tokens(alpha, k):
+    ks = {0.0: 3, 0.5: 2, 1.0: 3, 0.9: 2}
+    assert expected_tokens(alpha, ks[alpha]) == pytest.approx(k)
+    assert expected_tokens(alpha, 0) == 1.0
+
+
+FLAT = CostModel(c=0.01, v=lambda k: 1.0 + 0.01 * k)  # cheap draft, nearly free verify
+LINEAR = CostModel(c=0.1, v=lambda k: 1.0 + 0.2 * k)
+
+
+@pytest.mark.parametrize("alpha, cm, k_max, expected", [
+    (0.99, FLAT, 16, 16),  # predictable text, cheap draft: as far as allowed
+    (0.99, FLAT, 7, 7),
+    (0.0, FLAT, 16, 0),  # nothing is ever accepted: plain decoding
+    # by hand, score = E(k) / (0.1 k + 1 + 0.2 k): k=1 1.8/1.3 = 1.385, k=2 2.44/1.6 = 1.525,
+    # k=3 2.952/1.9 = 1.554, k=4 3.362/2.2 = 1.528
+    (0.8, LINEAR, 16, 3),
+    # alpha=0.5: k=1 1.5/1.3 = 1.154, k=2 1.75/1.6 = 1.094: k=1
+    (0.5, LINEAR, 16, 1),
+    # with the CPU costs of DESIGN.md, alpha=0.75 does not pay (k=6: 3.466 / 3.95 < 1) and
+    # alpha=0.8 is break-even (k=6: 3.951 / 3.95)
+    (0.75, CostModel(), 16, 0),
+    (0.8, CostModel(), 16, 6),
+    (0.95, CostModel(), 16, 16),
+])
+def test_cost_aware_argmax(alpha, cm, k_max, expected):
+    p = CostAware(k_max=k_max, cost_model=cm, **strong(alpha))
+    p.propose_k()
+    assert p.decision()["argmax_k"] == expected
+
+
+def test_cost_aware_expensive_verify_picks_smaller_k():
+    cheap = CostModel(c=0.05, v=lambda k: 1.0 + 0.02 * k)
+    steep = CostModel(c=0.05, v=lambda k: 1.0 + 0.3 * k)
+    k_cheap = CostAware(cost_model=cheap, **strong(0.9)).propose_k()
+    k_steep = CostAware(cost_model=steep, **strong(0.9)).propose_k()
+    assert 0 < k_steep < k_cheap
+
+
+@pytest.mark.parametrize("probe_every, probe_max, probe_k, expected", [
+    # alpha ~ 0: probe at once, then after 2, 4, 8, 8 plain steps (gap doubles up to probe_max)
+    (2, 8, 1, [1] + [0] * 2 + [1] + [0] * 4 + [1] + [0] * 8 + [1] + [0] * 8 + [1]),
+    (3, 3, 2, [2] + [0] * 3 + [2] + [0] * 3 + [2]),
+])
+def test_cost_aware_probes_after_plain_runs(probe_every, probe_max, probe_k, expected):
+    p = CostAware(cost_model=CostModel(), probe_every=probe_every, probe_max=probe_max,
+                  probe_k=probe_k, **strong(0.01))
+    ks = drive(p, [0] * len(expected))
+    assert ks == expected
+
+
+def test_cost_aware_fully_accepted_probe_probes_again():
+    p = CostAware(cost_model=CostModel(), probe_every=4, probe_k=2, **strong(0.01))
+    assert drive(p, [2, 2, 0, 0, 0, 0, 0, 0]) == [2, 2, 2, 0, 0, 0, 0, 2]
+    assert p.decision()["reason"] == "probe"
+
+
+def test_cost_aware_notices_when_text_turns_predictable():
+    # alpha = 0 for 300 tokens, then 1: the probes must switch speculation on within about
+    # probe_max plain steps (+ a few probes), and off again is immediate when alpha falls.
+    p = CostAware()  # CPU costs, default prior and probing
+    ks = drive(p, [0] * 300)
+    assert set(ks) <= {0, p.probe_k}
+    later = drive(p, [99] * 200)
+    first_big = next(i for i, k in enumerate(later) if k > p.probe_k)
+    assert first_big <= p.probe_max + 8
+    assert later[-1] == p.k_max
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 0.8, 0.95])
+@pytest.mark.parametrize("decay, tol", [(1.0, 0.02), (0.95, 0.08)])
+def test_alpha_estimate_converges(alpha, decay, tol):
+    rng = random.Random(7)
+    p = CostAware(decay=decay)
+    naive_acc = naive_drafted = 0
+    estimates = []
+    for _ in range(3000):
+        k = 5
+        a = 0
+        while a < k and rng.random() < alpha:
+            a += 1
+        p.observe(k, k, a, 0.0, 0.0)
+        naive_acc, naive_drafted = naive_acc + a, naive_drafted + k
+        estimates.append(p.alpha)
+    tail = estimates[1000:]
+    assert abs(sum(tail) / len(tail) - alpha) < 0.02
+    assert max(abs(e - alpha) for e in tail) < (tol if decay == 1.0 else 0.3)
+    assert abs(estimates[-1] - alpha) < tol
+    if alpha < 0.95:  # accepted / drafted is the wrong likelihood: it is biased low
+        assert naive_acc / naive_drafted < alpha - 0.05
+
+
+def test_prior_is_a_parameter():
+    assert CostAware(alpha_prior=0.9).alpha == pytest.approx(0.9)
+    p = CostAware(alpha_prior=0.5, prior_strength=2.0)
+    p.observe(3, 3, 1, 0.0, 0.0)  # one success, one failure
+    assert p.alpha == pytest.approx((1 + 1) / (2 + 2))
+    p = CostAware(alpha_prior=0.5, prior_strength=2.0, decay=1.0)
+    p.observe(3, 3, 3, 0.0, 0.0)  # three successes, no failure observed
+    assert p.alpha == pytest.approx((1 + 3) / (2 + 3))
+
+
+def test_decision_is_logged():
+    p = CostAware(**strong(0.99))
+    k = p.propose_k()
+    d = p.decision()
+    assert d["k"] == k and d["reason"] == "argmax" and d["alpha"] == pytest.approx(0.99)
+    assert {"c", "v_k", "expected_tokens", "tokens_per_cost", "argmax_k", "policy"} <= set(d)
+
+
+# ------------------------------------------------------------------ Oracle
+
+# Hand-made costs: c = 0.25, v(k) = 1.25 + 0.25 k (k >= 1), so a step of k costs 1.5 + 0.5 k.
+HAND = CostModel(c=0.25, v=lambda k: 1.25 + 0.25 * k)
+# A log of a run with constant k = 4: accepted 0, 4, 2, 1.
+LOG = [{"k": 4, "accepted": 0}, {"k": 4, "accepted": 4}, {"k": 4, "accepted": 2},
+       {"k": 4, "accepted": 1}]
+
+
+def test_oracle_by_hand():
+    # tokens: 1 + 5 + 3 + 2 = 11 for policy and oracle alike.
+    # policy: 4 steps of 4*0.25 + 2.25 = 3.25 -> 13.0; speedup 11 / 13.
+    # oracle: a=0 -> plain, 1; a=4 -> min(3.25, 5) = 3.25; a=2 -> min(2.25, 3) = 2.25;
+    #         a=1 -> min(1.75, 2) = 1.75; total 8.25; speedup 11 / 8.25.
+    assert oracle_k([s["accepted"] for s in LOG]) == [0, 4, 2, 1]
+    assert policy_speedup(LOG, HAND) == pytest.approx(11 / 13)
+    assert oracle_speedup(LOG, HAND) == pytest.approx(11 / 8.25)
+    assert fraction_of_oracle(LOG, HAND) == pytest.approx(8.25 / 13)
+    assert Oracle.fraction(LOG, HAND) == pytest.approx(8.25 / 13)
+
+
+def test_oracle_prefers_plain_when_verify_is_dear():
+    dear = CostModel(c=0.5, v=[1.0, 2.0, 2.5, 3.0, 3.5])
+    # a=4: 2 + 3.5 = 5.5 > 5 plain; a=2: 1 + 2.5 = 3.5 > 3; a=1: 0.5 + 2 = 2.5 > 2
+    assert oracle_k([0, 4, 2, 1], dear) == [0, 0, 0, 0]
+    assert oracle_speedup(LOG, dear) == pytest.approx(1.0)
+    assert oracle_k([0, 4, 2, 1], HAND) == [0, 4, 2, 1]
+
+
+def test_speedup_counts_drafted_and_plain_steps():
+    # a confidence-stopped step (k=4, drafted=2) pays for 2 drafts; a k=0 step is plain (cost 1)
+    steps = [{"k": 4, "drafted": 2, "accepted": 2}, (0, 0)]
+    assert policy_speedup(steps, HAND) == pytest.approx((3 + 1) / ((0.5 + 1.75) + 1))
+
+
+# ------------------------------------------------------------------ factory
+
+@pytest.mark.parametrize("name, cls", [
+    ("constant", Constant), ("heuristic", Heuristic), ("confidence", ConfidenceStop),
+    ("cost", CostAware), ("cost-aware", CostAware), ("Cost-Aware", CostAware),
+])
+def test_make_policy(name, cls):
+    p = make_policy(name)
+    assert isinstance(p, cls) and isinstance(p, LookaheadPolicy)
+    assert make_policy(name) is not p  # one instance per row
+
+
+def test_make_policy_params_and_errors():
+    assert make_policy("constant", k=7).propose_k() == 7
+    cm = CostModel()
+    a, b = make_policy("cost", cost_model=cm), make_policy("cost", cost_model=cm)
+    assert a.cost_model is b.cost_model  # costs shared, alpha per row
+    a.observe(3, 3, 0, 0.0, 0.0)
+    assert a.alpha != b.alpha
+    with pytest.raises(ValueError, match="analysis"):
+        make_policy("oracle")
+    with pytest.raises(ValueError, match="unknown"):
+        make_policy("bogus")
+    with pytest.raises(TypeError):
+        make_policy("constant", nonsense=1)
+
+
+# ------------------------------------------------------------------ simulation
+
+def simulate(make, rows, cost_model, alpha, n_tokens, seed, k_max=16):
+    """Throughput (tokens per unit cost) of a policy, the best constant k and the oracle on the
+    same per-position Bernoulli(alpha) acceptance streams: a draft starting at position t keeps
+    tokens while b[t], b[t+1], ... are true; the bonus fills the first rejected position."""
+    rng = random.Random(seed)
+    totals = {"policy": [0.0, 0.0], "oracle": [0.0, 0.0]}
+    totals.update({k: [0.0, 0.0] for k in range(k_max + 1)})
+
+    def run(policy_or_k, b):
+        t, tokens, cost = 0, 0.0, 0.0
+        while t < n_tokens:
+            if policy_or_k == "oracle":
+                k = a = 0
+                while a < k_max and b[t + a]:
+                    a += 1
+                c = min(cost_model.step_cost(a), a + 1.0)
+            else:
+                k = policy_or_k if isinstance(policy_or_k, int) else policy_or_k.propose_k()
+                a = 0
+                while a < k and b[t + a]:
+                    a += 1
+                if not isinstance(policy_or_k, int):
+                    policy_or_k.observe(k, k, a, 0.0, 0.0)
+                c = cost_model.step_cost(k)
+            tokens, cost, t = tokens + a + 1, cost + c, t + a + 1
+        return tokens, cost
+
+    for _ in range(rows):
+        b = [rng.random() < alpha for _ in range(n_tokens + k_max + 1)]
+        for key in totals:
+            pol = make() if key == "policy" else key
+            tok, cost = run(pol, b)
+            totals[key][0] += tok
+            totals[key][1] += cost
+    return {key: tok / cost for key, (tok, cost) in totals.items()}
+
+
+CPU = CostModel()  # DESIGN.md section 9
+GPU_LIKE = CostModel(c=0.05, v=lambda k: 1.0 + 0.02 * k)
+
+
+@pytest.mark.parametrize("label, cm", [("cpu", CPU), ("gpu-like", GPU_LIKE)])
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 0.8, 0.95])
+def test_cost_aware_simulated_throughput(label, cm, alpha, capsys):
+    # The oracle knows each step's accepted length, which no online policy can: with iid
+    # acceptance the best a policy can do is the best constant k (the renewal-reward optimum),
+    # so that is the bar; the fraction of oracle is reported, not asserted.
+    r = simulate(lambda: CostAware(cost_model=cm), rows=20, cost_model=cm, alpha=alpha,
+                 n_tokens=512, seed=1234)
+    best_k = max(range(17), key=lambda k: r[k])
+    frac_best, frac_oracle = r["policy"] / r[best_k], r["policy"] / r["oracle"]
+    with capsys.disabled():
+        print(f"\n[{label} alpha={alpha}] cost-aware {r['policy']:.3f}  best constant k={best_k} "
+              f"{r[best_k]:.3f} ({frac_best:.3f})  oracle {r['oracle']:.3f} ({frac_oracle:.3f})")
+    assert r["oracle"] >= r[best_k]
+    assert frac_best >= 0.93
