@@ -7,6 +7,7 @@ cache always holds every token of a row except the last emitted one (`pending`).
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ from .decoder import CachedLM
 from .prompts import encode_row
 from .rows import Row
 from .verify import Draft, verify_row
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Engine:
         self.allow_special_tokens = allow_special_tokens
         self.algorithm = algorithm if proposer is not None else "none"
         self.eos = set(target.eos_token_ids)
+        self.vocab = target.model.get_output_embeddings().weight.shape[0]  # width of the target's logits
 
     # ---- preparation -------------------------------------------------------------------------
     def _prepare(self, row: Row) -> RowState | RowResult:
@@ -159,6 +163,8 @@ class Engine:
             try:
                 self._run_batch(batch, steps)
             except Exception as e:  # noqa: BLE001 - isolate the failure to the rows it hit
+                log.warning("batch of %d rows failed (%s: %s); isolating", len(batch), type(e).__name__, e,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
                 if len(batch) == 1:
                     st = batch[0]
                     st.result = RowResult(row_id=st.row.row_id, status="error", error_type="generation_error",
@@ -190,7 +196,7 @@ class Engine:
         logits = target.forward([st.prompt_ids for st in batch])  # [B, T, V]
         for b, st in enumerate(batch):
             last = logits[b, len(st.prompt_ids) - 1]  # [V]
-            tok = verify_row(last[None], Draft(ids=[]), st.params, st.gen)[1]
+            tok = verify_row(last[None], Draft(ids=[]), st.params, st.gen)[1][0]
             self._emit(st, tok)
         verify_s0 = time.perf_counter() - t_start
         for st in batch:
@@ -198,8 +204,12 @@ class Engine:
         active = [st for st in batch if st.finish is None]
         if len(active) < len(batch):
             target.select([b for b, st in enumerate(batch) if st.finish is None])
-        if self.proposer is not None and active:
-            self.proposer.start(active)
+        proposer = self.proposer
+        if proposer is not None and active:
+            try:
+                proposer.start(active)
+            except Exception as e:  # noqa: BLE001 - a broken drafter must not cost the rows
+                proposer = self._fall_back(batch, e)
         while active:
             B = len(active)
             ks = []
@@ -207,10 +217,13 @@ class Engine:
                 room = st.max_new - len(st.out_ids) - 1  # the bonus token always comes on top
                 ks.append(max(0, min(st.policy.propose_k(), room)))
             t0 = time.perf_counter()
-            if self.proposer is not None and any(ks):
-                drafts = self.proposer.propose(active, ks)
-            else:
-                drafts = [Draft(ids=[]) for _ in active]
+            drafts = [Draft(ids=[]) for _ in active]
+            if proposer is not None and any(ks):
+                try:
+                    drafts = self._checked(proposer.propose(active, ks), ks, self.vocab)
+                except Exception as e:  # noqa: BLE001 - fall back to target-only decoding, still exact
+                    proposer = self._fall_back(batch, e)
+                    drafts = [Draft(ids=[]) for _ in active]
             t1 = time.perf_counter()
             logits = target.forward([[st.out_ids[-1]] + d.ids for st, d in zip(active, drafts)])  # [B, K+1, V]
             accepted = []
@@ -239,15 +252,40 @@ class Engine:
                     accepted=a, stop_reason=d.stop_reason if k else "no_draft",
                     draft_ms=draft_s * 1e3, verify_ms=verify_s * 1e3, batch_size=B))
             keep = [b for b, st in enumerate(active) if st.finish is None]
-            if self.proposer is not None:
-                self.proposer.observe(active, accepted)
+            try:
+                if proposer is not None:
+                    proposer.observe(active, accepted)
+                if proposer is not None and len(keep) < len(active):
+                    proposer.select(keep)
+            except Exception as e:  # noqa: BLE001
+                proposer = self._fall_back(batch, e)
             if len(keep) < len(active):
                 target.select(keep)
-                if self.proposer is not None:
-                    self.proposer.select(keep)
                 active = [active[b] for b in keep]
         for st in batch:
             self._finish(st)
+
+    # ---- drafter faults ----------------------------------------------------------------------
+    @staticmethod
+    def _checked(drafts: list[Draft], ks: list[int], vocab: int) -> list[Draft]:
+        """Reject a malformed proposal (wrong count, too long, ids outside the target vocabulary)."""
+        if len(drafts) != len(ks):
+            raise ValueError(f"proposer returned {len(drafts)} drafts for {len(ks)} rows")
+        for d, k in zip(drafts, ks):
+            if len(d.ids) > k or any(not isinstance(t, int) or not 0 <= t < vocab for t in d.ids):
+                raise ValueError(f"proposer returned a malformed draft {d.ids[:8]!r} for k={k}")
+            if d.q is not None and tuple(d.q.shape) != (len(d.ids), vocab):
+                raise ValueError(f"proposer returned q of shape {tuple(d.q.shape)} for {len(d.ids)} ids")
+        return drafts
+
+    def _fall_back(self, batch: list[RowState], e: Exception):
+        """The drafter failed: this batch goes on with target-only decoding (exact), and says so."""
+        why = f"drafter failed, target-only from here: {type(e).__name__}: {e}"[:500]
+        log.warning("%s (%d rows)", why, len(batch))
+        for st in batch:
+            if st.result is not None and st.result.fallback is None:
+                st.result.fallback = why
+        return None
 
     # ---- per-row bookkeeping -----------------------------------------------------------------
     def _emit(self, st: RowState, tok: int) -> None:

@@ -55,7 +55,7 @@ def prepare(cfg: RunConfig) -> RunPlan:
     report = SourceReport()
     n_rows = sum(1 for _ in iter_rows(spec, report=report))
     shards = tuple(plan(n_rows, cfg.runner.shard_size))
-    src = {"fingerprint": fingerprint(spec), **report.as_dict()}
+    src = {"fingerprint": fingerprint(spec), **report.to_dict()}
     started = previous.get("started_at") if previous and previous.get("config_hash") == config_hash(cfg) else None
     started_at = datetime.fromisoformat(started) if isinstance(started, str) else now
     plan_ = RunPlan(run_id=run_id, shards=shards, committed=frozenset(store.committed_shards(out, run_id)),
