@@ -1,0 +1,28 @@
+"""Shared fixtures. Keep each one small; add new ones below."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def speccore_cache(tmp_path_factory) -> Path:
+    """SPECCORE_CACHE points at a session tmp dir, so no test writes into the user's real cache."""
+    path = tmp_path_factory.mktemp("speccore-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECCORE_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> dict[str, Path]:
+    """name -> directory of the tiny float64 models (tests/tiny.py), built once per session.
+
+    Set SPECCORE_TEST_ZOO to a directory to reuse one zoo across sessions (it rebuilds what is stale).
+    """
+    from tests.tiny import build_zoo
+
+    root = os.environ.get("SPECCORE_TEST_ZOO")
+    return build_zoo(Path(root) if root else tmp_path_factory.mktemp("tiny-zoo"))
