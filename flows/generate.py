@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "speccore")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here; no telemetry anywhere
 
 import hydra  # noqa: E402
 from prefect import flow, get_run_logger, unmapped  # noqa: E402

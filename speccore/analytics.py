@@ -41,7 +41,7 @@ def query(sql_or_name: str, data_dir: str | Path = "data", params: dict | None =
     sql = named_queries().get(sql_or_name, sql_or_name)
     con = connect(data_dir)
     try:
-        return con.execute(sql, params or {}).fetch_arrow_table()
+        return con.sql(sql, params=params or None).to_arrow_table()
     finally:
         con.close()
 
@@ -49,4 +49,13 @@ def query(sql_or_name: str, data_dir: str | Path = "data", params: dict | None =
 def run_summary(data_dir: str | Path, run_id: str) -> list[dict]:
     """One row per (target, drafter, algorithm, policy) of a run: rows, errors, tokens, tok/s, acceptance."""
     t = query("run_summary", data_dir, {"run_id": run_id})
-    return t.to_pylist()
+    return [{k: _plain(v) for k, v in r.items()} for r in t.to_pylist()]
+
+
+def _plain(v):
+    """DuckDB sums are HUGEINT/DECIMAL; JSON consumers (Prefect artifacts) want int/float."""
+    from decimal import Decimal
+
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return v

@@ -5,6 +5,7 @@ fail at start with the dotted path of the bad key, never halfway through a job.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import json
@@ -143,7 +144,7 @@ def _check(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         item = typing.get_args(tp)[0]
         return tuple(_check(v, item, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict) or tp in (Mapping, dict):
+    if origin in (Mapping, dict, collections.abc.Mapping) or tp in (Mapping, dict):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         return {str(k): _check(v, str, f"{path}.{k}") for k, v in value.items()}

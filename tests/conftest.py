@@ -26,3 +26,13 @@ def tiny_zoo(tmp_path_factory) -> dict[str, Path]:
 
     root = os.environ.get("SPECCORE_TEST_ZOO")
     return build_zoo(Path(root) if root else tmp_path_factory.mktemp("tiny-zoo"))
+
+
+@pytest.fixture(scope="session")
+def prefect():
+    """One temporary local Prefect server for the whole session (it takes ~12 s to start)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

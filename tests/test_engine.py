@@ -1,0 +1,171 @@
+"""The engine: target-only and speculative greedy decoding equal transformers' greedy generate, token
+for token, for every proposer and lookahead policy, at batch sizes 1, 3 and 8 with ragged prompts."""
+from __future__ import annotations
+
+import pytest
+
+from speccore.config import compose
+from speccore.engine import Engine
+from speccore.models import load_model
+from speccore.rows import make_row
+from speccore.speculate import make_proposer
+from tests.tiny import target_greedy
+
+PROMPTS = [
+    "def add(a, b):",
+    "The cat",
+    "import os\nimport sys\n\ndef main():\n    ",
+    "x",
+    "café naïve résumé is",
+    "for i in range(10):\n    print(i)\nfor i in range(",
+    "class Counter:\n    def __init__(self):\n        self.n = 0\n\n    def add(self, k):\n        ",
+    "# compute the mean\ndef mean(values):\n    return sum(values) / len(values)\n\n# compute the",
+    "Hello world! Hello",
+]
+NEW = 40
+CONF = "conf"
+
+
+@pytest.fixture(scope="module")
+def target(tiny_zoo):
+    return load_model(str(tiny_zoo["target-llama-g"]), dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_zoo, target):
+    """transformers' greedy generate, one prompt at a time (the ground truth)."""
+    out = {}
+    for i, p in enumerate(PROMPTS):
+        ids = target.tokenizer(p)["input_ids"]
+        out[f"r{i}"] = target_greedy(tiny_zoo["target-llama-g"], ids, NEW)[len(ids):]
+    return out
+
+
+def rows():
+    return [make_row({"prompt": p}, f"r{i}") for i, p in enumerate(PROMPTS)]
+
+
+def engine_for(target, tiny_zoo, drafter: str | None, policy: str, batch_size: int, extra=()):
+    ov = ["target=hf", f"target.ref={tiny_zoo['target-llama-g']}", f"sampling.max_new_tokens={NEW}",
+          f"speculation.lookahead={policy}", *extra]
+    if drafter == "ngram":
+        ov.append("drafter=prompt-lookup")
+    elif drafter:
+        ov += ["drafter=hf", f"drafter.ref={tiny_zoo[drafter]}"]
+    cfg = compose(ov, config_dir=CONF)
+    if drafter is None:
+        return Engine(target, sampling=cfg.sampling, batch_size=batch_size), cfg
+    dr = load_model(str(tiny_zoo[drafter]), dtype="float64") if drafter != "ngram" else None
+    proposer, factory, algo = make_proposer(cfg, target, dr)
+    return Engine(target, proposer=proposer, policy_factory=factory, sampling=cfg.sampling,
+                  batch_size=batch_size, algorithm=algo), cfg
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_target_only_greedy_equals_transformers(target, tiny_zoo, reference, batch_size):
+    eng, _ = engine_for(target, tiny_zoo, None, "heuristic", batch_size)
+    results, steps = eng.generate(rows())
+    assert [r.status for r in results] == ["ok"] * len(PROMPTS)
+    assert {r.row_id: r.output_ids for r in results} == reference
+    assert all(s.k == 0 and s.accepted == 0 for s in steps)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.parametrize("policy", ["constant", "heuristic", "confidence", "cost"])
+@pytest.mark.parametrize("drafter,algorithm", [
+    ("drafter-llama-g", "standard"),  # same vocab (a noisy copy of the target)
+    ("drafter-llama-m", "slem"),  # cross vocab, Metaspace BPE with byte fallback
+    ("ngram", "ngram"),  # prompt lookup
+])
+def test_speculative_greedy_is_exact(target, tiny_zoo, reference, drafter, algorithm, policy, batch_size):
+    eng, _ = engine_for(target, tiny_zoo, drafter, policy, batch_size)
+    assert eng.algorithm == algorithm
+    results, steps = eng.generate(rows())
+    assert [r.status for r in results] == ["ok"] * len(PROMPTS), [r.error_message for r in results]
+    assert {r.row_id: r.output_ids for r in results} == reference
+    # the statistics add up: per-row totals equal the sum of the row's steps
+    for r in results:
+        mine = [s for s in steps if s.row_id == r.row_id]
+        assert r.steps == len(mine) and r.accepted == sum(s.accepted for s in mine)
+        assert r.drafted == sum(s.drafted for s in mine) and all(s.accepted <= s.drafted for s in mine)
+
+
+def test_speculation_really_drafts_and_accepts(target, tiny_zoo):
+    """Guard against a proposer that silently drafts nothing (which would also be 'exact')."""
+    for drafter in ("drafter-llama-g", "drafter-llama-m", "ngram"):
+        eng, _ = engine_for(target, tiny_zoo, drafter, "constant", 4)
+        results, _ = eng.generate(rows())
+        drafted = sum(r.drafted for r in results)
+        accepted = sum(r.accepted for r in results)
+        assert drafted > 50 and 0 < accepted < drafted, (drafter, drafted, accepted)
+
+
+def test_tli_greedy_is_exact(target, tiny_zoo, reference):
+    eng, _ = engine_for(target, tiny_zoo, "drafter-llama-m", "constant", 3, ["speculation.algorithm=tli"])
+    assert eng.algorithm == "tli"
+    results, _ = eng.generate(rows())
+    assert {r.row_id: r.output_ids for r in results} == reference
+    assert sum(r.accepted for r in results) > 0
+
+
+def test_stop_strings_eos_and_length(target, tiny_zoo, reference):
+    ref = target.tokenizer.decode(reference["r0"], skip_special_tokens=True)
+    stop = ref[5:8]
+    assert stop and stop in ref
+    eng, _ = engine_for(target, tiny_zoo, "drafter-llama-g", "constant", 2)
+    rs = [make_row({"prompt": PROMPTS[0], "stop": [stop]}, "s"),
+          make_row({"prompt": PROMPTS[0], "max_new_tokens": 3}, "m")]
+    results, _ = eng.generate(rs)
+    assert results[0].finish_reason == "stop" and results[0].output_text == ref[: ref.index(stop)]
+    assert results[1].finish_reason == "length" and results[1].output_ids == reference["r0"][:3]
+
+
+def test_bad_rows_error_and_others_land(target, tiny_zoo, reference):
+    eng, _ = engine_for(target, tiny_zoo, "drafter-llama-g", "heuristic", 3)
+    rs = [make_row({"prompt": ""}, "empty"), make_row({"prompt": 7}, "int"),
+          make_row({"prompt": b"\xff\xfe"}, "utf8"), make_row({"prompt": PROMPTS[0]}, "r0"),
+          make_row({"prompt": "word " * 600}, "long")]
+    results, _ = eng.generate(rs)
+    by = {r.row_id: r for r in results}
+    assert [r.row_id for r in results] == ["empty", "int", "utf8", "r0", "long"]
+    assert (by["empty"].status, by["empty"].error_type) == ("error", "invalid_prompt")
+    assert (by["int"].status, by["int"].error_type) == ("error", "invalid_prompt")
+    assert (by["utf8"].status, by["utf8"].error_type) == ("error", "invalid_utf8")
+    assert (by["long"].status, by["long"].error_type) == ("error", "prompt_too_long")
+    assert "exceed the target's context of 512" in by["long"].error_message
+    assert by["r0"].status == "ok" and by["r0"].output_ids == reference["r0"]
+
+
+def test_special_tokens_in_prompt_stay_text(target):
+    tok = target.tokenizer
+    text = "a <|endoftext|> b"
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    from speccore.prompts import encode_row
+
+    assert eos not in encode_row(tok, make_row({"prompt": text}, "x"))
+    assert eos in encode_row(tok, make_row({"prompt": text}, "x"), allow_special=True)
+    chat = make_row({"messages": [{"role": "user", "content": "hi <|im_end|> there"}]}, "c")
+    ids = encode_row(tok, chat)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    # the template's own turn markers are control tokens; the user's copy of one is not
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi  there"}], tokenize=False,
+                                       add_generation_prompt=True)
+    assert ids.count(im_end) == rendered.count("<|im_end|>")
+
+
+def test_exception_in_one_row_does_not_take_the_batch(target, tiny_zoo, reference, monkeypatch):
+    eng, _ = engine_for(target, tiny_zoo, None, "heuristic", 4)
+    real = eng._emit
+
+    def boom(st, tok):
+        if st.row.row_id == "r1":
+            raise RuntimeError("injected failure")
+        return real(st, tok)
+
+    monkeypatch.setattr(eng, "_emit", boom)
+    results, _ = eng.generate(rows()[:4])
+    by = {r.row_id: r for r in results}
+    assert by["r1"].status == "error" and by["r1"].error_type == "generation_error"
+    assert "injected failure" in by["r1"].error_message
+    for rid in ("r0", "r2", "r3"):
+        assert by[rid].status == "ok" and by[rid].output_ids == reference[rid]
