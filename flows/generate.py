@@ -67,6 +67,10 @@ def run_config(cfg: RunConfig) -> dict:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(dc) -> None:
+    import logging
+
+    for noisy in ("httpx", "httpcore"):  # one line per API call to the local Prefect server
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run_config(from_omegaconf(dc))
     print(f"run_id={result['run_id']}")
     for row in result["summary"]:

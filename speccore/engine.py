@@ -7,6 +7,7 @@ cache always holds every token of a row except the last emitted one (`pending`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class StepRecord:
     draft_ms: float
     verify_ms: float
     batch_size: int
+    decision: str = ""  # the lookahead policy's decision and its inputs (JSON), for offline comparison
 
 
 @dataclass
@@ -156,7 +158,15 @@ class Engine:
         steps: list[StepRecord] = []
         # Similar lengths share a batch (less padding); results never depend on the batch.
         order = sorted(states, key=lambda st: len(st.prompt_ids))
+        t_gen = time.perf_counter()
         for i in range(0, len(order), self.batch_size):
+            if i:
+                done = order[:i]
+                tokens = sum(len(st.out_ids) for st in done)
+                log.info("rows %d/%d, %d tokens, %.2f tok/s, acceptance %.2f", i, len(order), tokens,
+                         tokens / (time.perf_counter() - t_gen),
+                         sum(st.result.accepted for st in done if st.result) /
+                         max(1, sum(st.result.drafted for st in done if st.result)))
             batch = order[i : i + self.batch_size]
             for st in batch:
                 st.batch = i // self.batch_size
@@ -212,10 +222,11 @@ class Engine:
                 proposer = self._fall_back(batch, e)
         while active:
             B = len(active)
-            ks = []
+            ks, decisions = [], []
             for st in active:
                 room = st.max_new - len(st.out_ids) - 1  # the bonus token always comes on top
                 ks.append(max(0, min(st.policy.propose_k(), room)))
+                decisions.append(json.dumps(st.policy.decision(), default=float, separators=(",", ":")))
             t0 = time.perf_counter()
             drafts = [Draft(ids=[]) for _ in active]
             if proposer is not None and any(ks):
@@ -237,7 +248,7 @@ class Engine:
             target.keep([1 + a for a in accepted])
             t2 = time.perf_counter()
             draft_s, verify_s = t1 - t0, t2 - t1
-            for st, d, a, k in zip(active, drafts, accepted, ks):
+            for st, d, a, k, why in zip(active, drafts, accepted, ks, decisions):
                 st.nstep += 1
                 r = st.result
                 r.steps += 1
@@ -250,7 +261,7 @@ class Engine:
                     row_id=st.row.row_id, step=st.nstep, k=k, drafted=len(d.ids),
                     drafted_drafter=d.n_drafter_tokens if d.n_drafter_tokens is not None else len(d.ids),
                     accepted=a, stop_reason=d.stop_reason if k else "no_draft",
-                    draft_ms=draft_s * 1e3, verify_ms=verify_s * 1e3, batch_size=B))
+                    draft_ms=draft_s * 1e3, verify_ms=verify_s * 1e3, batch_size=B, decision=why))
             keep = [b for b, st in enumerate(active) if st.finish is None]
             try:
                 if proposer is not None:

@@ -60,6 +60,7 @@ STEPS = pa.schema([
     ("draft_ms", pa.float64()),
     ("verify_ms", pa.float64()),
     ("batch_size", pa.int32()),
+    ("decision", pa.string()),  # JSON: the lookahead policy's choice and its inputs
 ])
 
 RUNS = pa.schema([
