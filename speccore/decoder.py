@@ -33,10 +33,12 @@ class CachedLM:
     def batch_size(self) -> int:
         return self.mask.shape[0]
 
-    def forward(self, new_ids: list[list[int]]) -> torch.Tensor:
+    def forward(self, new_ids: list[list[int]], last_only: bool = False) -> torch.Tensor:
         """Feed a ragged list of new ids per row; return logits [B, n, V] (n = longest list).
 
         Row b's j-th new token's logits sit at [b, j]; slots past a row's list are padding.
+        With last_only, return [B, V]: each row's logits after its last new token, computing the
+        vocabulary projection only at those positions (a prefill needs one position, not T).
         """
         B = self.batch_size
         n = max((len(x) for x in new_ids), default=0)
@@ -53,6 +55,11 @@ class CachedLM:
         self.mask = torch.cat([self.mask, valid], dim=1)  # [B, T+n]
         self.lengths = self.lengths + valid.sum(1)
         T = self.mask.shape[1]
+        keep: int | torch.Tensor = 0  # 0: logits at every position
+        if last_only:
+            last = torch.tensor([max(len(x), 1) - 1 for x in new_ids], device=self.device)  # [B]
+            cols, where = torch.unique(last, return_inverse=True)  # [U] distinct last columns
+            keep = cols
         out = self.model(
             input_ids=ids,
             attention_mask=self.mask.long(),
@@ -60,8 +67,11 @@ class CachedLM:
             past_key_values=self.cache,
             cache_position=torch.arange(T - n, T, device=self.device),
             use_cache=True,
+            logits_to_keep=keep,
         )
         self._last_cols = n
+        if last_only:
+            return out.logits[torch.arange(B, device=self.device), where]  # [B, V]
         return out.logits  # [B, n, V]
 
     def keep(self, n_keep: list[int]) -> None:

@@ -41,12 +41,12 @@ def draft_loop(lm: CachedLM, feeds: list[list[int]], ks: list[int], states, pick
     live = [ks[b] > 0 and bool(feeds[b]) for b in range(B)]
     cur = [feeds[b] if live[b] else [] for b in range(B)]
     while any(cur):
-        logits = lm.forward(cur)  # [B, n, V_d]
+        logits = lm.forward(cur, last_only=True)  # [B, V_d]
         nxt: list[list[int]] = [[] for _ in range(B)]
         for b in range(B):
             if not live[b]:
                 continue
-            tok, q, top = pick(b, logits[b, len(cur[b]) - 1])
+            tok, q, top = pick(b, logits[b])
             if tok is None:
                 live[b], reasons[b] = False, "vocab"
                 continue

@@ -203,10 +203,9 @@ class Engine:
                                   lookahead_policy=st.policy.name, seed=st.seed,
                                   n_prompt_tokens=len(st.prompt_ids), batch=st.batch)
         target = CachedLM(self.target.model, len(batch))
-        logits = target.forward([st.prompt_ids for st in batch])  # [B, T, V]
+        last = target.forward([st.prompt_ids for st in batch], last_only=True)  # [B, V]
         for b, st in enumerate(batch):
-            last = logits[b, len(st.prompt_ids) - 1]  # [V]
-            tok = verify_row(last[None], Draft(ids=[]), st.params, st.gen)[1][0]
+            tok = verify_row(last[b][None], Draft(ids=[]), st.params, st.gen)[1][0]
             self._emit(st, tok)
         verify_s0 = time.perf_counter() - t_start
         for st in batch:
