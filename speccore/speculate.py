@@ -52,8 +52,6 @@ def choose_algorithm(cfg: RunConfig, target, drafter) -> str:
                 f"speculation.algorithm=slrs is only practical for byte- or char-level drafters (its cost grows "
                 f"with token length); {cfg.drafter.name} has tokens of up to {max_token_bytes(drafter.tokenizer)} "
                 f"bytes. Use slem (greedy) or tli (sampling).")
-        raise ConfigError("speculation.algorithm=slrs is not implemented yet in this version of speccore; "
-                          "use slem or tli for this char-level drafter")
     return algo
 
 
@@ -79,6 +77,12 @@ def make_proposer(cfg: RunConfig, target, drafter):
     allow = cfg.dataset.allow_special_tokens
     if algo == "slem":
         return SlemProposer(drafter, target.tokenizer, allow), factory, algo
+    if algo == "slrs":
+        from .slrs import SlrsProposer
+
+        eos = target.tokenizer.eos_token_id
+        eos = eos if eos in target.eos_token_ids else min(target.eos_token_ids, default=-1)
+        return SlrsProposer(drafter, target.tokenizer, V, eos, allow), factory, algo
     from .vocab import intersection_map
 
     vmap = intersection_map(drafter.tokenizer, target.tokenizer)

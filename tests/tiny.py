@@ -4,7 +4,8 @@
 `AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`. Three
 tokenizers are trained locally on `CORPUS`, so that the vocabularies really differ:
 
-- bpe_g: byte-level BPE, 'Ġ' space marker (GPT-2 / Qwen style), no BOS, ChatML template.
+- bpe_g: byte-level BPE, 'Ġ' space marker, exactly Qwen2's pipeline (NFC, its split regex), no BOS,
+  ChatML template.
 - bpe_m: Metaspace BPE, '▁' space marker (SentencePiece / Llama style), byte fallback, BOS added by
   the post-processor, a Zephyr-like template.
 - char: one token per character, byte fallback for anything else (for byte/char-level drafters).
@@ -16,6 +17,8 @@ agree often but not always, and makes the next-token distributions peaked rather
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -23,11 +26,12 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 CORPUS = '''\
 The quick brown fox jumps over the lazy dog.
@@ -292,11 +296,22 @@ def corpus_documents() -> list[str]:
     return [d.strip("\n") + "\n" for d in CORPUS.split("\n\n") if d.strip()]
 
 
+# Qwen2's split regex. transformers 5 loads any model_type=qwen2 directory with Qwen2Tokenizer,
+# which rebuilds NFC + this regex + ByteLevel whatever tokenizer.json says; bpe_g matches it exactly
+# so that the llama-g and qwen-g directories (one vocabulary) tokenize identically.
+QWEN2_SPLIT_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
 def _train_bpe_g(vocab_size: int = 400) -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.normalizer = normalizers.NFC()  # as Qwen: non-NFC text comes back in NFC form
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
@@ -408,8 +423,10 @@ class ModelSpec:
     heads: int = 4
     kv_heads: int = 2
     intermediate: int = 128
-    train_steps: int = 300
-    lr: float = 3e-3
+    train_steps: int = 150
+    batch: int = 16
+    seq: int = 64
+    lr: float = 2e-2  # peak of a one-cycle schedule
     noise_of: str | None = None
     noise: float = 0.0  # noise std relative to each tensor's std
 
@@ -417,20 +434,17 @@ class ModelSpec:
 ZOO = {
     "target-llama-g": ModelSpec("llama", "bpe_g", seed=1),
     "target-qwen-g": ModelSpec("qwen2", "bpe_g", seed=2),
-    "drafter-llama-g": ModelSpec("llama", "bpe_g", seed=3, noise_of="target-llama-g", noise=0.3),
-    "drafter-llama-m": ModelSpec("llama", "bpe_m", seed=4, hidden=48, train_steps=200),
-    "drafter-qwen-char": ModelSpec("qwen2", "char", seed=5, hidden=48, train_steps=300),
+    "drafter-llama-g": ModelSpec("llama", "bpe_g", seed=3, noise_of="target-llama-g", noise=0.1),
+    "drafter-llama-m": ModelSpec("llama", "bpe_m", seed=4, hidden=48, intermediate=96),
+    # llama, not qwen2: AutoTokenizer would swap a qwen2 directory's tokenizer for Qwen2Tokenizer.
+    "drafter-llama-char": ModelSpec("llama", "char", seed=5, hidden=48, intermediate=96, batch=8, seq=128),
 }
 
 
 def _config(spec: ModelSpec, tok):
     from transformers import LlamaConfig, Qwen2Config
 
-    ids = dict(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     shape = dict(
         vocab_size=len(tok),
         hidden_size=spec.hidden,
@@ -439,8 +453,8 @@ def _config(spec: ModelSpec, tok):
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
         max_position_embeddings=512,
-        # Wide init: even before (or without) training the logits are far from uniform.
-        initializer_range=0.2,
+        initializer_range=0.2,  # wide init: logits far from uniform from the first step
+        dtype="float64",
     )
     if spec.arch == "llama":
         return LlamaConfig(**shape, **ids, tie_word_embeddings=False)
@@ -451,35 +465,64 @@ def _config(spec: ModelSpec, tok):
 
 def _training_stream(tok) -> torch.Tensor:
     """The corpus as one id stream, each document followed by EOS (so the models learn to stop)."""
-    backend = tok.backend_tokenizer
     ids: list[int] = []
     for doc in corpus_documents():
-        ids += backend.encode(doc, add_special_tokens=False).ids + [tok.eos_token_id]
+        ids += tok.backend_tokenizer.encode(doc, add_special_tokens=False).ids + [tok.eos_token_id]
     return torch.tensor(ids)
 
 
-def _train(model, stream: torch.Tensor, spec: ModelSpec, seq: int = 64, batch: int = 16) -> None:
-    """A few hundred Adam steps on random windows: enough to be peaked, far from memorised."""
+def _init(name: str):
+    """Seeded random init in float32 (training is 2x faster than in float64)."""
+    from transformers import AutoModelForCausalLM
+
+    spec = ZOO[name]
+    tok = build_tokenizer(spec.tokenizer)
+    torch.manual_seed(spec.seed)
+    return AutoModelForCausalLM.from_config(_config(spec, tok), dtype=torch.float32), tok
+
+
+def _train(model, tok, spec: ModelSpec) -> None:
+    """~150 AdamW steps on random windows: peaked distributions, far from memorised (loss ~2.7).
+
+    Uses no global RNG, so two models can train at once in threads and stay deterministic."""
+    stream = _training_stream(tok)
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
+    # One-cycle: a high peak lr gets furthest in few steps; the anneal keeps the end stable.
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=spec.train_steps, pct_start=0.1)
     model.train()
     for _ in range(spec.train_steps):
-        starts = torch.randint(0, len(stream) - seq - 1, (batch,), generator=gen)
-        x = torch.stack([stream[s : s + seq] for s in starts.tolist()])  # [B, T]
+        starts = torch.randint(0, len(stream) - spec.seq - 1, (spec.batch,), generator=gen)
+        x = torch.stack([stream[s : s + spec.seq] for s in starts.tolist()])  # [B, T]
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
     model.eval()
 
 
-def _add_noise(model, spec: ModelSpec) -> None:
+def _noisy_copy(base, spec: ModelSpec):
+    model = copy.deepcopy(base)
     gen = torch.Generator().manual_seed(spec.seed)
     with torch.no_grad():
         for p in model.parameters():
-            scale = spec.noise * (p.std().item() if p.numel() > 1 else 0.0)
-            if scale > 0:
-                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+            if p.numel() > 1:
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (spec.noise * p.std()))
+    return model
+
+
+def _finish(model, tok):
+    """float64 + generation config: what every zoo directory holds."""
+    from transformers import GenerationConfig
+
+    model = model.to(torch.float64).eval()
+    model.config.dtype = torch.float64
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        do_sample=False,
+    )
+    return model
 
 
 def _spec_hash(name: str) -> str:
@@ -500,30 +543,53 @@ def _is_complete(path: Path, name: str) -> bool:
         return False
 
 
-def build_model(name: str, base_dir: Path | None = None):
-    """Build zoo entry `name` in memory: (model in float64, eval mode; tokenizer)."""
-    from transformers import AutoModelForCausalLM, GenerationConfig
+def build_models(names: list[str], root: Path | None = None, workers: int = 2) -> dict[str, tuple]:
+    """Build zoo entries in memory: name -> (float64 model in eval mode, tokenizer, seconds).
 
-    spec = ZOO[name]
-    tok = build_tokenizer(spec.tokenizer)
-    if spec.noise_of:
-        assert base_dir is not None, "a noisy copy needs its base directory"
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64)
-        _add_noise(model, spec)
-    else:
-        torch.manual_seed(spec.seed)
-        model = AutoModelForCausalLM.from_config(_config(spec, tok), dtype=torch.float32)
-        _train(model, _training_stream(tok), spec)
-        model = model.to(torch.float64)
-    model.eval()
-    model.config.dtype = torch.float64
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        do_sample=False,
-    )
-    return model, tok
+    A noisy copy takes its base from this call or else from `root / base`. Init is sequential
+    (global RNG); training runs in `workers` threads with one intra-op thread each: the tensors
+    are tiny, and a multi-threaded op on a shared CPU stalls whenever a sibling thread is
+    descheduled (measured 5x slower under load)."""
+    from transformers import AutoModelForCausalLM
+
+    with _quiet_single_thread():
+        inits = {n: _init(n) for n in names if not ZOO[n].noise_of}
+
+        def train(name):
+            t0 = time.perf_counter()
+            model, tok = inits[name]
+            _train(model, tok, ZOO[name])
+            return name, (_finish(model, tok), tok, time.perf_counter() - t0)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            out = dict(pool.map(train, list(inits)))
+        for n in names:
+            if ZOO[n].noise_of:
+                t0, base = time.perf_counter(), ZOO[n].noise_of
+                tok = build_tokenizer(ZOO[n].tokenizer)
+                if base in out:
+                    base_model = out[base][0]
+                else:
+                    assert root is not None and _is_complete(root / base, base), f"{n} needs {base}"
+                    base_model = AutoModelForCausalLM.from_pretrained(root / base, dtype=torch.float64)
+                out[n] = (_finish(_noisy_copy(base_model, ZOO[n]), tok), tok, time.perf_counter() - t0)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_single_thread():
+    """One intra-op thread and no progress bars, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars, threads = hf_logging.is_progress_bar_enabled(), torch.get_num_threads()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def build_zoo(root: Path, names: list[str] | None = None) -> dict[str, Path]:
@@ -534,29 +600,31 @@ def build_zoo(root: Path, names: list[str] | None = None) -> dict[str, Path]:
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    names = list(ZOO) if names is None else list(names)
-    for name in list(names):  # a noisy copy needs its base first
+    wanted = list(ZOO) if names is None else list(names)
+    todo: list[str] = []
+    for name in wanted:
         base = ZOO[name].noise_of
-        if base and base not in names:
-            names.insert(names.index(name), base)
-    out: dict[str, Path] = {}
-    for name in names:
-        path = root / name
-        out[name] = path
-        if _is_complete(path, name):
-            continue
-        t0 = time.perf_counter()
-        model, tok = build_model(name, base_dir=out.get(ZOO[name].noise_of))
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        info = {"hash": _spec_hash(name), "spec": asdict(ZOO[name]), "vocab_size": len(tok),
-                "build_s": round(time.perf_counter() - t0, 3)}
-        (tmp / MARKER).write_text(json.dumps(info, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    return out
+        for n in (base, name):  # a stale base first: its noisy copy is made from it
+            if n and n not in todo and not _is_complete(root / n, n):
+                todo.append(n)
+    built = build_models(todo, root)
+    with _quiet_single_thread():  # save_pretrained shows progress bars too
+        for name, (model, tok, seconds) in built.items():
+            _save(root, name, model, tok, seconds)
+    return {n: root / n for n in wanted}
+
+
+def _save(root: Path, name: str, model, tok, seconds: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    tmp.chmod(0o755)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    info = {"hash": _spec_hash(name), "spec": asdict(ZOO[name]), "vocab_size": len(tok),
+            "build_s": round(seconds, 3)}
+    (tmp / MARKER).write_text(json.dumps(info, indent=1))
+    if (root / name).exists():
+        shutil.rmtree(root / name)
+    os.replace(tmp, root / name)
 
 
 # --------------------------------------------------------------------------------------- references
@@ -579,6 +647,6 @@ def target_greedy(model_dir: str | Path, prompt_ids: list[int], max_new_tokens: 
     with torch.no_grad():
         out = model.generate(
             input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
-            max_new_tokens=max_new_tokens, generation_config=model.generation_config,
+            max_new_tokens=max_new_tokens,
         )
     return out[0].tolist()
