@@ -247,6 +247,9 @@ class Engine:
             target.keep([1 + a for a in accepted])
             t2 = time.perf_counter()
             draft_s, verify_s = t1 - t0, t2 - t1
+            costs = getattr(self.policy_factory, "cost_model", None)
+            if costs is not None:  # the batch's step: its longest draft set the verify width
+                costs.update(max(len(d.ids) for d in drafts), draft_s, verify_s)
             for st, d, a, k, why in zip(active, drafts, accepted, ks, decisions):
                 st.nstep += 1
                 r = st.result

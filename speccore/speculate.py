@@ -25,8 +25,12 @@ def policy_factory(cfg: RunConfig):
         return partial(make_policy, "heuristic", k0=s.k, k_max=s.k_max)
     if s.lookahead == "confidence":
         return partial(make_policy, "confidence", k_max=s.k_max, threshold=s.confidence_threshold)
-    shared = CostModel()  # one per engine: every row learns the same machine's costs
-    return partial(make_policy, "cost", k_max=s.k_max, cost_model=shared)
+    # One cost model per engine, fed once per batched step by the engine (rows of a step share its
+    # timings, and the verify cost is set by the batch's longest draft, not by each row's own k).
+    shared = CostModel()
+    factory = partial(make_policy, "cost", k_max=s.k_max, cost_model=shared, learn_costs=False)
+    factory.cost_model = shared
+    return factory
 
 
 def choose_algorithm(cfg: RunConfig, target, drafter) -> str:
