@@ -118,6 +118,7 @@ class Engine:
         self.algorithm = algorithm if proposer is not None else "none"
         self.eos = set(target.eos_token_ids)
         self.vocab = target.model.get_output_embeddings().weight.shape[0]  # width of the target's logits
+        self._learn_costs = False
 
     # ---- preparation -------------------------------------------------------------------------
     def _prepare(self, row: Row) -> RowState | RowResult:
@@ -155,6 +156,12 @@ class Engine:
     def generate(self, rows: list[Row]) -> tuple[list[RowResult], list[StepRecord]]:
         prepared = [self._prepare(r) for r in rows]
         states = [p for p in prepared if isinstance(p, RowState)]
+        # Measured costs steer k. Under sampling, k decides which uniforms a standard/TLI/SLRS row
+        # draws, so learning from wall-clock timings would make a row's sample depend on machine load
+        # and batch: learn only where k cannot change any output (greedy rows, or exact-match
+        # proposers that draw one uniform per emitted token); otherwise keep the prior costs.
+        self._learn_costs = getattr(self.policy_factory, "cost_model", None) is not None and (
+            self.algorithm in ("ngram", "slem") or all(st.params.greedy for st in states))
         steps: list[StepRecord] = []
         # Similar lengths share a batch (less padding); results never depend on the batch.
         order = sorted(states, key=lambda st: len(st.prompt_ids))
@@ -247,9 +254,8 @@ class Engine:
             target.keep([1 + a for a in accepted])
             t2 = time.perf_counter()
             draft_s, verify_s = t1 - t0, t2 - t1
-            costs = getattr(self.policy_factory, "cost_model", None)
-            if costs is not None:  # the batch's step: its longest draft set the verify width
-                costs.update(max(len(d.ids) for d in drafts), draft_s, verify_s)
+            if self._learn_costs:  # the batch's step: its longest draft set the verify width
+                self.policy_factory.cost_model.update(max(len(d.ids) for d in drafts), draft_s, verify_s)
             for st, d, a, k, why in zip(active, drafts, accepted, ks, decisions):
                 st.nstep += 1
                 r = st.result

@@ -169,3 +169,22 @@ def test_exception_in_one_row_does_not_take_the_batch(target, tiny_zoo, referenc
     assert "injected failure" in by["r1"].error_message
     for rid in ("r0", "r2", "r3"):
         assert by[rid].status == "ok" and by[rid].output_ids == reference[rid]
+
+
+def test_cost_policy_under_sampling_does_not_follow_the_clock(target, tiny_zoo, monkeypatch):
+    """Under sampling, k decides which uniforms a standard row draws: costs measured from a noisy
+    clock must not leak into the samples (same seeds -> same output, whatever the timings)."""
+    import itertools as it
+    import random
+
+    from speccore import engine as engine_mod
+
+    outs = []
+    for seed, scale in ((1, 1.0), (2, 50.0)):
+        rng = random.Random(seed)
+        clock = it.accumulate(rng.uniform(0.001, scale) for _ in it.count())
+        monkeypatch.setattr(engine_mod.time, "perf_counter", lambda: next(clock))
+        eng, _ = engine_for(target, tiny_zoo, "drafter-llama-g", "cost", 4, ["sampling=sample"])
+        results, _ = eng.generate(rows())
+        outs.append([r.output_ids for r in results])
+    assert outs[0] == outs[1]
