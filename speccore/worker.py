@@ -46,8 +46,18 @@ def shard_rows(cfg: RunConfig, shard: Shard) -> list:
     return list(itertools.islice(iter_rows(source_spec(cfg)), shard.start, shard.stop))
 
 
+_ENGINES: dict[tuple, Engine] = {}  # per process: building a cross-vocab proposer costs seconds
+
+
 def build_engine(cfg: RunConfig) -> Engine:
-    """The engine for this config: target plus the proposer the speculation settings ask for."""
+    """The engine for this config (built once per process): target plus the proposer it asks for."""
+    key = (config_hash(cfg), cfg.runner.batch_size)
+    if key not in _ENGINES:
+        _ENGINES[key] = _build_engine(cfg)
+    return _ENGINES[key]
+
+
+def _build_engine(cfg: RunConfig) -> Engine:
     device = resolve_device(cfg.hardware.kind, cfg.hardware.threads)
     target = get_model(cfg.target.ref, cfg.target_dtype(), device, cfg.target.trust_remote_code)
     proposer, policy_factory, algorithm = None, None, "none"

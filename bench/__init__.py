@@ -1,0 +1,1 @@
+"""Benchmark harness: speccore against transformers' own generate(), in one process (see README.md)."""

@@ -1,0 +1,48 @@
+"""The benchmark harness end to end on the tiny fp64 zoo: every part runs, the JSON has its keys, and
+every configuration's greedy output equals transformers' own greedy generate."""
+from __future__ import annotations
+
+import json
+
+from bench.bench import main
+
+PROMPTS = [
+    {"prompt": "def add(a, b):"},
+    {"messages": [{"role": "user", "content": "The cat sat on the"}]},
+    {"prompt": "for i in range(10):\n    print(i)\nfor i in range("},  # the warm-up row
+]
+
+
+def test_bench_end_to_end(tiny_zoo, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
+    out = tmp_path / "res.json"
+    pairs = ["ar", str(tiny_zoo["drafter-llama-g"]), str(tiny_zoo["drafter-llama-m"]), "prompt-lookup"]
+    main(["--target", str(tiny_zoo["target-llama-g"]), "--pairs", ",".join(pairs), "--policies", "constant,cost",
+          "--dataset", str(data), "--n", "2", "--max-new-tokens", "8", "--warmup-tokens", "4", "--dtype", "float64",
+          "--threads", "1", "--cost-ks", "0-3", "--cost-reps", "1", "--oracle-k", "6", "--batch-sizes", "1,2",
+          "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert {"meta", "memory", "costs", "configs", "divergences", "batch", "reference", "hf_assist_settings"} <= set(res)
+    assert res["reference"] == "hf:ar" and res["meta"]["n"] == 2
+    names = {c["name"] for c in res["configs"]}
+    assert {"sc:ar", "hf:ar", "sc:drafter-llama-g/constant", "sc:drafter-llama-m/cost", "sc:drafter-llama-g/k6",
+            "hf:drafter-llama-g", "hf:drafter-llama-m", "sc:prompt-lookup/constant", "hf:prompt-lookup"} <= names
+    for c in res["configs"]:
+        assert c["error"] is None, c["name"]
+        assert c["identical"] is True and c["identical_rows"] == c["total_rows"] == 2, c["name"]
+        assert c["tok_per_s"] > 0 and c["tokens"] > 0
+        for key in ("speedup_vs_own_ar", "mean_acceptance_length", "acceptance_rate", "draft_share", "ratio_vs_peer"):
+            assert key in c
+    assert res["divergences"] == []
+    spec = {c["name"]: c for c in res["configs"]}["sc:drafter-llama-g/constant"]
+    assert spec["ratio_vs_peer"] is not None and spec["rows_vs_peer"] == 2 and spec["drafted"] > 0
+    assert 0 < spec["oracle"]["fraction_of_oracle"] and spec["oracle"]["oracle_speedup"] > 0
+    assert res["hf_assist_settings"]["hf:drafter-llama-g"]["num_assistant_tokens"] > 0
+    assert "batch_size = 1" in res["hf_batch_refusal"]
+    assert set(res["costs"]["target"]["v"]) == {"0", "1", "2", "3"}
+    for c in res["batch"]["configs"]:
+        assert set(c["by_size"]) == {"1", "2"} and all(d["identical_rows"] == 2 for d in c["by_size"].values())
+    mem = res["memory"]
+    assert mem["peak_rss_bytes"] > 0 and mem["param_bytes_total"] > 0 and "meets_goal" in mem
+    assert out.with_suffix(".md").read_text().startswith("# speccore benchmark")
