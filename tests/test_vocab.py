@@ -274,9 +274,13 @@ def test_char_level():
 
 # ------------------------------------------------------------------ real tokenizers
 
+# The user's real model cache, read at import: the session fixture later points SPECCORE_CACHE at a
+# temporary dir. These tests use what `make run` (or `speccore models pull`) converted, else skip.
+REAL_CACHE = Path(os.environ.get("SPECCORE_CACHE", Path.home() / ".cache" / "speccore"))
+
+
 def model_dir(name: str) -> Path:
-    root = Path(os.environ.get("SPECCORE_CACHE", Path.home() / ".cache" / "speccore"))
-    return root / "models" / f"{name}-float32"
+    return REAL_CACHE / "models" / f"{name}-float32"
 
 
 def real(name: str):
