@@ -72,13 +72,15 @@ def test_target_only_greedy_equals_transformers(target, tiny_zoo, reference, bat
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 @pytest.mark.parametrize("policy", ["constant", "heuristic", "confidence", "cost"])
-@pytest.mark.parametrize("drafter,algorithm", [
-    ("drafter-llama-g", "standard"),  # same vocab (a noisy copy of the target)
-    ("drafter-llama-m", "slem"),  # cross vocab, Metaspace BPE with byte fallback
-    ("ngram", "ngram"),  # prompt lookup
+@pytest.mark.parametrize("drafter,algorithm,extra", [
+    ("drafter-llama-g", "standard", ()),  # same vocab (a noisy copy of the target)
+    ("drafter-llama-m", "slem", ()),  # cross vocab, Metaspace BPE with byte fallback
+    ("drafter-llama-m", "tli", ("speculation.algorithm=tli",)),  # cross vocab, shared tokens only
+    ("drafter-llama-char", "slrs", ("speculation.algorithm=slrs",)),  # char-level drafter
+    ("ngram", "ngram", ()),  # prompt lookup
 ])
-def test_speculative_greedy_is_exact(target, tiny_zoo, reference, drafter, algorithm, policy, batch_size):
-    eng, _ = engine_for(target, tiny_zoo, drafter, policy, batch_size)
+def test_speculative_greedy_is_exact(target, tiny_zoo, reference, drafter, algorithm, extra, policy, batch_size):
+    eng, _ = engine_for(target, tiny_zoo, drafter, policy, batch_size, extra)
     assert eng.algorithm == algorithm
     results, steps = eng.generate(rows())
     assert [r.status for r in results] == ["ok"] * len(PROMPTS), [r.error_message for r in results]
