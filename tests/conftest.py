@@ -36,3 +36,15 @@ def prefect():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds wake-up latency (ms per op on busy cores).
+    Modules opt in with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -51,13 +51,7 @@ CASES = {  # name -> (drafter, extra overrides)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batched forwards: a second OpenMP thread only adds wake-up latency on busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

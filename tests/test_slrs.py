@@ -29,13 +29,7 @@ from speccore.verify import Draft, verify_row
 from tests.tiny import target_greedy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests run many tiny forwards: one thread is several times faster on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------- toy vocabulary
