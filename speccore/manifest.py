@@ -42,30 +42,16 @@ def model_files(path: str | None) -> dict[str, str]:
 
 
 def model_identity(ref: str):
-    """(path, revision) of a model reference without loading it: the pulled GGUF's sha256 for catalog
-    models, else a hash over the directory's weight files; hub ids keep their name as revision."""
+    """(path, revision) of a model reference without loading it, as load_model would report them."""
     from types import SimpleNamespace
 
-    from .models import resolve
+    from .models import resolve, revision
 
     try:
-        path = resolve(ref, pull_missing=False)
+        where = resolve(ref, pull_missing=False)
+        return SimpleNamespace(path=where if Path(where).is_dir() else None, revision=revision(where))
     except Exception:  # noqa: BLE001 - an identity lookup must never fail a run
         return SimpleNamespace(path=None, revision=None)
-    marker = Path(path) / "speccore.json"
-    if marker.exists():
-        return SimpleNamespace(path=path, revision=json.loads(marker.read_text()).get("sha256"))
-    if Path(path).is_dir():
-        import hashlib
-
-        h = hashlib.sha256()
-        for f in sorted(Path(path).glob("*.safetensors")):
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        return SimpleNamespace(path=str(path), revision=h.hexdigest())
-    return SimpleNamespace(path=None, revision=str(ref))
 
 
 def config_yaml(cfg: RunConfig) -> str:

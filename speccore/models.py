@@ -29,7 +29,8 @@ from .durable import fsync_dir
 
 __all__ = [
     "LoadedModel", "cache_dir", "model_dir", "gguf_path", "pull", "convert_gguf",
-    "is_valid", "verify", "list_models", "resolve", "load_model",
+    "is_valid", "verify", "list_models", "resolve",
+    "revision", "load_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -388,6 +389,17 @@ def _dir_revision(path: Path) -> str:
     return _DIR_REVISIONS[key]
 
 
+def revision(where: str) -> str:
+    """A resolved model's identity: the pulled GGUF's sha256 (catalog), a hash over a local directory's
+    safetensors (memoised per process), or the hub snapshot commit."""
+    if Path(where).is_dir():
+        marker = _read_marker(Path(where))
+        if marker and marker.get("sha256"):
+            return marker["sha256"]
+        return _dir_revision(Path(where))
+    return _hub_revision(where)
+
+
 def _hub_revision(repo_id: str) -> str:
     """The commit of the hub snapshot transformers loaded: the name of its snapshot directory."""
     from huggingface_hub import try_to_load_from_cache
@@ -424,20 +436,13 @@ def load_model(
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     eos = tuple(sorted(set(_as_ids(model.generation_config.eos_token_id) + _as_ids(tok.eos_token_id))))
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    marker = _read_marker(Path(where)) if local else None
-    if marker and marker.get("sha256"):
-        revision = marker["sha256"]
-    elif local:
-        revision = _dir_revision(Path(where))
-    else:
-        revision = _hub_revision(where)
     return LoadedModel(
         ref=ref,
         model=model,
         tokenizer=tok,
         eos_token_ids=eos,
         path=where if local else None,
-        revision=revision,
+        revision=revision(where),
         context_length=int(getattr(text_cfg, "max_position_embeddings", None) or 2048),
         dtype=dtype,
         device=str(device),

@@ -62,9 +62,13 @@ def test_flow_writes_every_row_once_and_resumes(prefect, tiny_zoo, prompts, tmp_
     assert con.execute("SELECT count(*), count(DISTINCT row_id) FROM generations").fetchone() == (10, 10)
     per_row = dict(con.execute("SELECT row_id, count(*) FROM steps GROUP BY row_id").fetchall())
     assert all(per_row[k] == r["steps"] for k, r in rows.items() if k != "bad")
-    manifest = con.execute("SELECT run_id, n_rows, n_shards, config_hash FROM runs").fetchone()
+    manifest = con.execute("SELECT run_id, n_rows, n_shards, config_hash, target_revision FROM runs").fetchone()
     con.close()
     assert manifest[:3] == ("r1", 10, 3)
+    # the manifest names the same model revision that loading the model reports
+    from speccore.models import load_model
+
+    assert manifest[4] == load_model(str(tiny_zoo["target-llama-g"]), dtype="float64").revision
 
     # a re-run of the same run id skips every committed shard
     again = run_config(cfg)
