@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .rows import MIN_TEMPERATURE
+
 ALGORITHMS = ("auto", "none", "standard", "slem", "tli", "slrs", "ngram")
 LOOKAHEADS = ("constant", "heuristic", "confidence", "cost")
 DEVICES = ("cpu", "cuda", "hpu")
@@ -23,6 +25,28 @@ RUNNERS = ("local", "dask", "ray")
 
 class ConfigError(ValueError):
     pass
+
+
+def check_run_id(rid: Any) -> str:
+    """A run id names a directory under the output dir, so it may not hold a path: ASCII letters, digits,
+    '-', '_' and '.', at most 128 characters, and not '.' or '..'."""
+    ok = isinstance(rid, str) and 0 < len(rid) <= 128 and rid not in (".", "..") and all(
+        c.isascii() and (c.isalnum() or c in "-_.") for c in rid)
+    if not ok:
+        raise ConfigError(f"run.run_id {rid!r} may only hold letters, digits, '-', '_' and '.' (no path)")
+    return rid
+
+
+def check_path(value: str | None, name: str) -> str | None:
+    """A configured path or model reference: no NUL byte and no '..' segment (a relative path may not
+    climb out of where it is resolved; an absolute path says plainly where it points)."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        raise ConfigError(f"{name}: a NUL byte in {value!r}")
+    if ".." in value.replace("\\", "/").split("/"):
+        raise ConfigError(f"{name}: {value!r} has a '..' segment; pass an absolute path instead")
+    return value
 
 
 @dataclass(frozen=True)
@@ -170,6 +194,9 @@ def _check(value: Any, tp: Any, path: str) -> Any:
 def _build(cls, data: Any, path: str):
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    if "_target_" in data:  # Hydra's instantiation hook: nothing in speccore builds objects from config
+        raise ConfigError(f"{path or 'config'}: '_target_' is not allowed; speccore never instantiates "
+                          f"classes named in its config (got {data['_target_']!r})")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -195,6 +222,8 @@ def _validate(cfg: RunConfig) -> RunConfig:
     need(cfg.drafter.kind in ("none", "model", "ngram"), "drafter.kind must be none, model or ngram")
     need(cfg.drafter.kind != "model" or bool(cfg.drafter.ref), "drafter.kind=model needs drafter.ref")
     need(cfg.sampling.temperature >= 0, "sampling.temperature must be >= 0")
+    need(not 0 < cfg.sampling.temperature < MIN_TEMPERATURE,
+         f"sampling.temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}")
     need(0 < cfg.sampling.top_p <= 1, "sampling.top_p must be in (0, 1]")
     need(cfg.sampling.top_k >= 0, "sampling.top_k must be >= 0")
     need(cfg.sampling.max_new_tokens >= 1, "sampling.max_new_tokens must be >= 1")
@@ -205,9 +234,10 @@ def _validate(cfg: RunConfig) -> RunConfig:
     need(cfg.hardware.dtype in ("float32", "float64", "bfloat16", "float16"), "hardware.dtype is not a known dtype")
     need(cfg.hardware.price_per_hour >= 0, "hardware.price_per_hour must be >= 0")
     if cfg.run.run_id is not None:
-        rid = cfg.run.run_id
-        ok = rid and len(rid) <= 128 and all(c.isalnum() or c in "-_." for c in rid) and rid not in (".", "..")
-        need(bool(ok), f"run.run_id {rid!r} may only hold letters, digits, '-', '_' and '.'")
+        check_run_id(cfg.run.run_id)
+    for name, value in (("target.ref", cfg.target.ref), ("drafter.ref", cfg.drafter.ref),
+                        ("dataset.path", cfg.dataset.path), ("run.output_dir", cfg.run.output_dir)):
+        check_path(value, name)
     return cfg
 
 

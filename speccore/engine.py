@@ -151,10 +151,18 @@ class Engine:
         return RowState(row=row, prompt_ids=ids, params=params, gen=smp.make_generator(seed), seed=seed,
                         max_new=max_new, stop=tuple(row.stop if row.stop is not None else s.stop), policy=policy)
 
+    def _prepare_or_error(self, row: Row) -> RowState | RowResult:
+        """_prepare, but an unexpected failure costs this row only, never its batch or shard."""
+        try:
+            return self._prepare(row)
+        except Exception as e:  # noqa: BLE001
+            return RowResult(row_id=row.row_id, status="error", error_type="generation_error",
+                             error_message=f"could not prepare the row: {type(e).__name__}: {e}")
+
     # ---- public entry point ------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, rows: list[Row]) -> tuple[list[RowResult], list[StepRecord]]:
-        prepared = [self._prepare(r) for r in rows]
+        prepared = [self._prepare_or_error(r) for r in rows]
         states = [p for p in prepared if isinstance(p, RowState)]
         # Measured costs steer k. Under sampling, k decides which uniforms a standard/TLI/SLRS row
         # draws, so learning from wall-clock timings would make a row's sample depend on machine load

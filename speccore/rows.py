@@ -22,6 +22,8 @@ ERROR_TYPES = (
 )
 
 ROLES = ("system", "user", "assistant")
+MIN_TEMPERATURE = 1e-5  # below this (but above 0), logits / T overflow float64 and sampling turns to NaN
+MAX_SEED = 2**63 - 1  # a row's seed seeds torch.Generator and lands in the int64 `seed` column
 PARAM_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
 
 
@@ -100,7 +102,7 @@ def _messages(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _int(value: Any, name: str, lo: int | None = None) -> int | None:
+def _int(value: Any, name: str, lo: int | None = None, hi: int | None = None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -110,6 +112,8 @@ def _int(value: Any, name: str, lo: int | None = None) -> int | None:
             raise RowError("invalid_param", f"{name} must be an integer, got {value!r}")
     if lo is not None and value < lo:
         raise RowError("invalid_param", f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise RowError("invalid_param", f"{name} must be <= {hi}, got {value}")
     return value
 
 
@@ -127,13 +131,15 @@ def _params(raw: Mapping[str, Any]) -> dict[str, Any]:
     t = _float(raw.get("temperature"), "temperature")
     if t is not None and t < 0:
         raise RowError("invalid_param", f"temperature must be >= 0, got {t}")
+    if t is not None and 0 < t < MIN_TEMPERATURE:
+        raise RowError("invalid_param", f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {t}")
     p["temperature"] = t
     top_p = _float(raw.get("top_p"), "top_p")
     if top_p is not None and not 0 < top_p <= 1:
         raise RowError("invalid_param", f"top_p must be in (0, 1], got {top_p}")
     p["top_p"] = top_p
     p["top_k"] = _int(raw.get("top_k"), "top_k", lo=0)
-    p["seed"] = _int(raw.get("seed"), "seed", lo=0)
+    p["seed"] = _int(raw.get("seed"), "seed", lo=0, hi=MAX_SEED)
     stop = raw.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -165,7 +171,9 @@ def dedupe(rows):
     """Yield rows, turning a repeated row_id into an error row with a unique id (no row is lost).
 
     The repeat keeps its place and gets the id '<row_id>#dup<N>' so that every input record still
-    appears exactly once in the output, and the error names the original id.
+    appears exactly once in the output, and the error names the original id. Every id handed out is
+    remembered, so a later source id that equals one (a real 'a#dup1' after two 'a') is a repeat too:
+    output ids stay unique whatever the source holds.
     """
     seen: dict[str, int] = {}
     for row in rows:
@@ -173,6 +181,11 @@ def dedupe(rows):
         seen[row.row_id] = n + 1
         if n == 0:
             yield row
-        else:
-            dup = Row(row_id=f"{row.row_id}#dup{n}", meta=row.meta)
-            yield dup.with_error("duplicate_row_id", f"row_id {row.row_id!r} already appeared earlier in the source")
+            continue
+        rid = f"{row.row_id}#dup{n}"
+        while rid in seen:
+            n += 1
+            rid = f"{row.row_id}#dup{n}"
+        seen[rid] = 1
+        dup = Row(row_id=rid, meta=row.meta)
+        yield dup.with_error("duplicate_row_id", f"row_id {row.row_id!r} already appeared earlier in the source")
