@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, alone: 2.13.0 resolves to the CPU build on this disk; a later range it satisfies pulls nothing
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,data]'
+	$(PY) -m pip install -q -e '.[dev,data,dask,ray]'  # the runner tests need both extras
 	touch $(STAMP)
 
 install: $(STAMP)

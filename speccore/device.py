@@ -28,6 +28,19 @@ def resolve_device(kind: str, threads: int | None = None) -> str:
     raise ValueError(f"unknown hardware kind {kind!r}")
 
 
+def worker_slot() -> int | None:
+    """This process's index among the run's workers, where the runner numbers them: a Dask worker
+    named by an integer (LocalCluster names them 0..n-1). None for the local runner (one process,
+    one device) and for Ray, which pins a device itself when a task asks for one (num_gpus)."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # no distributed, or not inside a Dask worker
+        return None
+    return int(name) if isinstance(name, int) or str(name).isdigit() else None
+
+
 def pin_worker_device(kind: str, worker_index: int) -> None:
     """Give each worker process one device by restricting what it can see (before torch touches it)."""
     if kind == "cuda" and "CUDA_VISIBLE_DEVICES" not in os.environ:

@@ -23,6 +23,8 @@ def versions() -> dict[str, str]:
 
 
 def git_sha(cwd: str | Path | None = None) -> str | None:
+    """The commit of the code that runs: the checkout holding this package (not the caller's cwd)."""
+    cwd = cwd or Path(__file__).resolve().parent
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -58,6 +60,23 @@ def config_yaml(cfg: RunConfig) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict()))
+
+
+def identities(cfg: RunConfig):
+    """(target, drafter) identities (path, revision) of the config's models; drafter None without a model."""
+    target = model_identity(cfg.target.ref)
+    drafter = model_identity(cfg.drafter.ref) if cfg.drafter.kind == "model" else None
+    return target, drafter
+
+
+def provenance_metadata(cfg: RunConfig) -> dict[str, str]:
+    """What each Parquet file carries in its key-value metadata: the manifest's provenance fields, so
+    that a shard copied away from its run still says what made it."""
+    target, drafter = identities(cfg)
+    rec = build(cfg, "", started_at=datetime.now(timezone.utc), n_shards=0, n_rows=0, target=target, drafter=drafter)
+    keys = ("config_yaml", "config_hash", "versions", "git_sha", "target", "target_revision", "drafter",
+            "drafter_revision", "model_files", "device")
+    return {f"speccore.{k}": "" if rec[k] is None else str(rec[k]) for k in keys}
 
 
 def build(cfg: RunConfig, run_id: str, *, started_at: datetime, n_shards: int, n_rows: int,

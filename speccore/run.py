@@ -64,10 +64,9 @@ def prepare(cfg: RunConfig) -> RunPlan:
 
 
 def finish(cfg: RunConfig, p: RunPlan) -> Path:
-    from .manifest import build, model_identity
+    from .manifest import build, identities
 
-    target = model_identity(cfg.target.ref)
-    drafter = model_identity(cfg.drafter.ref) if cfg.drafter.kind == "model" else None
+    target, drafter = identities(cfg)
     record = build(cfg, p.run_id, started_at=p.started_at, n_shards=len(p.shards), n_rows=p.n_rows,
                    target=target, drafter=drafter, source_report=p.source_report)
     return store.write_manifest(cfg.run.output_dir, record)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .durable import fsync_dir
+from .durable import fsync_dir, hold
 
 SCHEMA_VERSION = 1
 
@@ -124,6 +124,7 @@ def write_shard(out, run_id: str, shard: int, results, steps, common: dict, meta
     base = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "shard": shard}
     step_recs = [{**base, **asdict(s)} for s in steps]
     write_atomic(_table(step_recs, STEPS), shard_path(out, "steps", run_id, shard), metadata)
+    hold(f"shard-{shard}:steps-written")
     gen_recs = [{**base, **common, **asdict(r)} for r in results]
     path = shard_path(out, "generations", run_id, shard)
     write_atomic(_table(gen_recs, GENERATIONS), path, metadata)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 
 from .config import RunConfig, config_hash
-from .device import resolve_device
+from .device import pin_worker_device, resolve_device, worker_slot
+from .durable import hold
 from .engine import Engine
 from .shards import Shard
 from . import store
@@ -40,10 +43,33 @@ def source_spec(cfg: RunConfig):
     return SourceSpec(**{n: getattr(cfg.dataset, n) for n in names})
 
 
+_CURSORS: dict[tuple, tuple[int, object]] = {}  # (source spec, file stat) -> (next position, row iterator)
+_CURSORS_LOCK = threading.Lock()
+
+
 def shard_rows(cfg: RunConfig, shard: Shard) -> list:
+    """Rows [start, stop) of the source, in source order.
+
+    A worker mostly runs its shards in ascending order, so it keeps its place in the source between
+    shards: one pass over the source per worker instead of one (growing) pass per shard. A shard
+    before the cursor, or a source file that changed, starts a fresh pass from the top.
+    """
     from .sources import iter_rows
 
-    return list(itertools.islice(iter_rows(source_spec(cfg)), shard.start, shard.stop))
+    spec = source_spec(cfg)
+    try:
+        st = os.stat(spec.path) if spec.path else None
+        key = (spec, st and (st.st_ino, st.st_size, st.st_mtime_ns))
+    except OSError:
+        key = (spec, None)
+    with _CURSORS_LOCK:
+        pos, it = _CURSORS.pop(key, (0, None))
+        if it is None or pos > shard.start:
+            pos, it = 0, iter_rows(spec)
+        rows = list(itertools.islice(it, shard.start - pos, shard.stop - pos))
+        if len(rows) == shard.size:  # an exhausted iterator is dropped
+            _CURSORS[key] = (shard.stop, it)
+    return rows
 
 
 _ENGINES: dict[tuple, Engine] = {}  # per process: building a cross-vocab proposer costs seconds
@@ -58,6 +84,9 @@ def build_engine(cfg: RunConfig) -> Engine:
 
 
 def _build_engine(cfg: RunConfig) -> Engine:
+    slot = worker_slot()
+    if slot is not None:  # one device per worker process, fixed before torch initialises the device
+        pin_worker_device(cfg.hardware.kind, slot)
     device = resolve_device(cfg.hardware.kind, cfg.hardware.threads)
     target = get_model(cfg.target.ref, cfg.target_dtype(), device, cfg.target.trust_remote_code)
     proposer, policy_factory, algorithm = None, None, "none"
@@ -84,12 +113,27 @@ def run_shard(cfg: RunConfig, run_id: str, shard: Shard) -> dict:
     t = time.perf_counter()
     results, steps = engine.generate(rows)
     wall = time.perf_counter() - t
+    hold(f"shard-{shard.index}:generated")
     common = {"target": cfg.target.name, "drafter": cfg.drafter.name, "device": cfg.hardware.kind}
-    meta = {"speccore.schema_version": str(store.SCHEMA_VERSION), "speccore.run_id": run_id,
-            "speccore.config_hash": config_hash(cfg)}
+    meta = {**provenance(cfg), "speccore.run_id": run_id, "speccore.shard": str(shard.index)}
     store.write_shard(out, run_id, shard.index, results, steps, common, meta)
     n_tok = sum(r.n_output_tokens for r in results)
     ok = sum(r.status == "ok" for r in results)
     log.info("shard %d: %d rows (%d ok), %d tokens in %.1fs (%.2f tok/s)", shard.index, len(results), ok,
              n_tok, wall, n_tok / wall if wall else 0.0)
-    return {"shard": shard.index, "skipped": False, "rows": len(results), "ok": ok, "tokens": n_tok, "wall_s": wall}
+    return {"shard": shard.index, "skipped": False, "rows": len(results), "ok": ok, "tokens": n_tok, "wall_s": wall,
+            "steps": sum(r.steps for r in results), "drafted": sum(r.drafted for r in results),
+            "accepted": sum(r.accepted for r in results)}
+
+
+_PROVENANCE: dict[str, dict[str, str]] = {}  # config hash -> Parquet key-value metadata, per process
+
+
+def provenance(cfg: RunConfig) -> dict[str, str]:
+    """The manifest's provenance (config, git sha, versions, model files) as Parquet key-value metadata."""
+    key = config_hash(cfg)
+    if key not in _PROVENANCE:
+        from .manifest import provenance_metadata
+
+        _PROVENANCE[key] = {"speccore.schema_version": str(store.SCHEMA_VERSION), **provenance_metadata(cfg)}
+    return _PROVENANCE[key]

@@ -29,13 +29,18 @@ def prompts(tmp_path_factory) -> Path:
     return path
 
 
-def config(tiny_zoo, prompts, out, *extra):
-    return compose([
+def overrides(tiny_zoo, prompts, out, *extra) -> list[str]:
+    """The Hydra overrides of a tiny greedy fp64 run (also usable on the flow's command line)."""
+    return [
         "target=hf", f"target.ref={tiny_zoo['target-llama-g']}", "target.dtype=float64",
         "drafter=hf", f"drafter.ref={tiny_zoo['drafter-llama-g']}", "drafter.dtype=float64",
         "dataset=file", f"dataset.path={prompts}", "+dataset.fields.row_id=id",
         "sampling.max_new_tokens=12", "runner.shard_size=4", "runner.batch_size=3",
-        f"run.output_dir={out}", *extra], config_dir=ROOT / "conf")
+        f"run.output_dir={out}", *extra]
+
+
+def config(tiny_zoo, prompts, out, *extra):
+    return compose(overrides(tiny_zoo, prompts, out, *extra), config_dir=ROOT / "conf")
 
 
 def rows_of(out: Path, run_id: str) -> dict[str, dict]:
