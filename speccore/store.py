@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .config import check_run_id
 from .durable import fsync_dir, hold
 
 SCHEMA_VERSION = 1
@@ -89,7 +90,8 @@ RUNS = pa.schema([
 
 
 def run_dir(out: str | Path, table: str, run_id: str) -> Path:
-    return Path(out) / table / f"run_id={run_id}"
+    """Every output path is built here: a run id that could climb out of the output dir is refused."""
+    return Path(out) / table / f"run_id={check_run_id(run_id)}"
 
 
 def shard_path(out: str | Path, table: str, run_id: str, shard: int) -> Path:
@@ -109,6 +111,8 @@ def write_atomic(table: pa.Table, path: Path, metadata: dict[str, str] | None = 
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as e:  # disk full (ENOSPC), file too large (EFBIG), I/O error: name the file not committed
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     finally:
         if tmp.exists():
             tmp.unlink()
