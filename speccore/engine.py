@@ -135,8 +135,9 @@ class Engine:
         try:
             ids = encode_row(self.target.tokenizer, row, self.allow_special_tokens)
         except Exception as e:  # a template or tokenizer failure is this row's problem only
-            return RowResult(row_id=row.row_id, status="error", error_type="invalid_messages",
-                             error_message=f"could not encode the prompt: {e}")
+            kind = "invalid_messages" if row.messages is not None else "generation_error"
+            return RowResult(row_id=row.row_id, status="error", error_type=kind,
+                             error_message=f"could not encode the prompt: {type(e).__name__}: {e}")
         if not ids:
             return RowResult(row_id=row.row_id, status="error", error_type="invalid_prompt",
                              error_message="the prompt encodes to zero tokens")
