@@ -7,7 +7,9 @@
   the shard is not committed, no temporary file is left, the error names the cause, a re-run completes;
 - a corrupted model cache (truncated safetensors, truncated GGUF) found through load_model: detected
   and rebuilt.
-A writer SIGKILLed mid-shard while readers poll is in tests/test_atomicity.py.
+- atomicity: a writer SIGKILLed in the middle of a shard file while a reader polls (pyarrow and DuckDB)
+  never shows the reader a partial file, and the committed set only grows.
+SIGKILL of the whole flow mid-shard, then resume, is tests/test_pipeline_kill.py (harness: tests/killing.py).
 """
 from __future__ import annotations
 
@@ -319,3 +321,110 @@ def test_corrupted_cache_is_rebuilt_through_load_model(tmp_path, monkeypatch, ca
     assert f"cached GGUF {gguf} is corrupt" in caplog.text and gguf.stat().st_size == entry.size
     torch.testing.assert_close(third.model(ids).logits, logits)
     assert models.verify(st.parent)
+
+
+# ---------------------------------------------------------------- atomicity under SIGKILL
+
+ROWS_PER_SHARD, N_SHARDS = 3000, 5
+WRITER = """
+import dataclasses, random, sys
+from pathlib import Path
+from speccore import store
+
+@dataclasses.dataclass
+class Result:  # engine.RowResult's row_id/status/output_text, without importing torch
+    row_id: str
+    status: str
+    output_text: str
+
+out, rows, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for shard in range(n):
+    if shard in store.committed_shards(out, "atom"):
+        continue
+    rnd = random.Random(shard)  # ~1.2 MB of text that does not compress: a write takes a while
+    results = [Result(f"s{shard}-{i}", "ok", rnd.randbytes(200).hex()) for i in range(rows)]
+    store.write_shard(out, "atom", shard, results, [], {"target": "t"}, {"speccore.run_id": "atom"})
+    print("committed", shard, flush=True)
+"""
+
+
+def test_readers_never_see_a_partial_shard_while_the_writer_is_killed(tmp_path):
+    """A writer process is SIGKILLed in the middle of writing a shard's generations file, three times,
+    then resumed to the end, while a reader polls with pyarrow and DuckDB (speccore.analytics) all along.
+    The reader must only ever see whole shards (every file readable, with all its rows), the committed
+    set must only grow, and each kill must really have left a half-written temporary file behind."""
+    import threading
+    import time
+
+    from speccore import analytics
+    from tests.killing import kill_group
+
+    out = tmp_path / "data"
+    gen_dir = store.run_dir(out, "generations", "atom")
+    seen: set[int] = set()
+    problems: list[str] = []
+    polls = [0]
+    stop = threading.Event()
+
+    def reader():
+        last_count = 0
+        while not stop.is_set():
+            try:
+                now = store.committed_shards(out, "atom")
+                if not seen <= now:
+                    problems.append(f"committed shards went from {sorted(seen)} to {sorted(now)}")
+                for shard in sorted(now - seen):
+                    t = pq.read_table(store.shard_path(out, "generations", "atom", shard), columns=["row_id"])
+                    ids = t.column("row_id").to_pylist()
+                    if ids != [f"s{shard}-{i}" for i in range(ROWS_PER_SHARD)]:
+                        problems.append(f"shard {shard} read with {len(ids)} rows")
+                seen.update(now)
+                con = analytics.connect(out)
+                try:
+                    count = con.execute("SELECT count(*) FROM generations").fetchone()[0]
+                finally:
+                    con.close()
+                if count % ROWS_PER_SHARD or count < last_count:
+                    problems.append(f"DuckDB counted {count} rows after {last_count}")
+                last_count = count
+                polls[0] += 1
+            except Exception as e:  # noqa: BLE001 - an unreadable file is exactly what must not happen
+                problems.append(f"{type(e).__name__}: {e}")
+
+    def writer() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(ROWS_PER_SHARD), str(N_SHARDS)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    partial = []
+    try:
+        for _ in range(3):
+            target = len(store.committed_shards(out, "atom")) + 1  # let one shard commit, kill inside the next
+            proc = writer()
+            deadline = time.monotonic() + 120
+            tmp = []
+            while not tmp and proc.poll() is None and time.monotonic() < deadline:
+                # the first byte of the target shard's generations file on disk, under any name
+                tmp = list(gen_dir.glob(f"*shard-{target:05d}.parquet*")) if gen_dir.exists() else []
+            kill_group(proc)  # SIGKILL: no finally block, no cleanup runs in the writer
+            assert proc.returncode == -9 and tmp, proc.stderr.read().decode()[-2000:]
+            assert target not in store.committed_shards(out, "atom"), "a shard looks committed mid-write"
+            partial += [p for p in tmp if p.exists()]
+        proc = writer()
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.3)  # one more poll after the end
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert problems == []
+    assert seen == set(range(N_SHARDS)) and polls[0] > 10
+    # the kills really interrupted writes: the half-written files are there, hidden, and unreadable
+    assert partial
+    for p in partial:
+        with pytest.raises(Exception):
+            pq.read_table(p)
+    con = analytics.connect(out)
+    assert con.execute("SELECT count(*), count(DISTINCT row_id) FROM generations").fetchone() == (
+        N_SHARDS * ROWS_PER_SHARD, N_SHARDS * ROWS_PER_SHARD)
+    con.close()
