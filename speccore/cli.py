@@ -1,4 +1,4 @@
-"""The `speccore` command: models (pull, list) and sql over run outputs.
+"""The `speccore` command: models (pull, list); sql, report and advise over run outputs.
 
 Jobs themselves run through the Prefect flow: `python -m flows.generate [hydra overrides]`.
 """
@@ -62,6 +62,25 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from . import report
+
+    try:
+        path = report.write_report(args.data, args.run_ids, args.out)
+    except ValueError as e:
+        print(f"speccore report: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from . import advise
+
+    print(advise.render(advise.rankings(args.data, args.dataset), args.data, args.dataset))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="speccore", description=__doc__)
@@ -81,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--parquet", help="write the result as Parquet here")
     q.add_argument("--list", action="store_true", help="list the shipped named queries")
     q.set_defaults(func=cmd_sql)
+    r = sub.add_parser("report", help="one self-contained HTML report (inline SVG plots) comparing runs")
+    r.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    r.add_argument("--data", default="data", help="output dir of the runs (default: data)")
+    r.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    r.set_defaults(func=cmd_report)
+    a = sub.add_parser("advise", help="rank (drafter, algorithm, lookahead) by cost per 1M output tokens")
+    a.add_argument("--data", default="data", help="output dir of the runs (default: data)")
+    a.add_argument("--dataset", help="only this dataset (a label such as humaneval or file:x.jsonl, or a kind)")
+    a.set_defaults(func=cmd_advise)
     args = ap.parse_args(argv)
     return args.func(args)
 
