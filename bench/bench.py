@@ -12,6 +12,7 @@ uses only the rows where both of its configurations are identical to the referen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -72,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--no-hf", action="store_true", help="skip transformers' generate() peers")
     a("--hf-variants", default="default", help=f"assisted-generation settings to run: {', '.join(HF_VARIANTS)}")
     a("--prompt-lookup-num-tokens", type=int, default=10)
+    a("--prepack", choices=["on", "off"], default="on",
+      help="speccore's models run with oneDNN pre-packed linears on CPU fp32 (as build_engine does); transformers' "
+           "peers always run the plain dense linears, as transformers runs them (each model then holds both copies)")
     a("--dtype", default="float32")
     a("--device", default="cpu")
     a("--threads", type=int, default=None, help="torch threads (default: torch's own); the same for every config")
@@ -368,6 +372,17 @@ class HfRecorder:
             self._orig = None
 
 
+def dense(*models):
+    """transformers' peers run every model's plain dense linears, as transformers itself runs them."""
+    from speccore.prepack import dense_linears
+
+    stack = contextlib.ExitStack()
+    for m in models:
+        if m is not None:
+            stack.enter_context(dense_linears(m.model))
+    return stack
+
+
 def hf_runner(target, rec: HfRecorder, device: str, assistant=None, overrides: dict | None = None, **kw):
     eos = list(target.eos_token_ids)
     pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else eos[0]
@@ -382,8 +397,9 @@ def hf_runner(target, rec: HfRecorder, device: str, assistant=None, overrides: d
                 setattr(assistant.model.generation_config, key, val)
         rec.steps, rec.draft_s = [], 0.0
         try:
-            out = target.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new,
-                                        eos_token_id=eos, pad_token_id=pad, **kw)
+            with dense(target, assistant):
+                out = target.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new,
+                                            eos_token_id=eos, pad_token_id=pad, **kw)
         finally:
             for key, val in saved.items():
                 setattr(assistant.model.generation_config, key, val)
@@ -471,9 +487,10 @@ def hf_batch_refusal(target, drafter, ids, device) -> str | None:
     """transformers' answer to assisted generation at batch size 2 (it refuses: recorded, not assumed)."""
     x = torch.tensor([ids, ids], device=device)
     try:
-        target.model.generate(x, attention_mask=torch.ones_like(x), assistant_model=drafter.model, do_sample=False,
-                              max_new_tokens=2, pad_token_id=list(target.eos_token_ids)[0],
-                              **assist_kwargs(target, drafter)[1])
+        with dense(target, drafter):
+            target.model.generate(x, attention_mask=torch.ones_like(x), assistant_model=drafter.model, do_sample=False,
+                                  max_new_tokens=2, pad_token_id=list(target.eos_token_ids)[0],
+                                  **assist_kwargs(target, drafter)[1])
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {e}"
     return None
@@ -671,6 +688,12 @@ def run_batch(args, target, cfgs: list[Config], counted, warm, ref: dict | None,
 
 # ------------------------------------------------------------------------------------------ report
 
+def _get(d: dict, *keys):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
 def _f(x, fmt="{:.2f}", none="–"):
     return none if x is None else fmt.format(x)
 
@@ -703,14 +726,18 @@ def markdown(res: dict) -> str:
             L.append(f"- {name}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
         L += [f"- batch size 2: {res.get('hf_batch_refusal') or 'not tried'}", ""]
     if res.get("costs"):
-        co, inrun = res["costs"], res.get("in_run_costs") or {}
-        L += [f"## Costs (prompt of {co['prompt_tokens']} tokens, median of {co['reps']})", "",
-              "| k | target ms | v(k) | v(k) in run |", "|---|---|---|---|"]
+        co, inrun, cd = res["costs"], res.get("in_run_costs") or {}, res.get("costs_dense") or {}
+        ct = lambda d, *ks: _f(_get(d, *ks), "{:.1f}")  # noqa: E731
+        L += [f"## Costs (prompt of {co['prompt_tokens']} tokens, median of {co['reps']}; speccore's models "
+              f"{'pre-packed' if m.get('prepack') == 'on' else 'dense'}, and the dense path transformers runs)", "",
+              "| k | target ms | v(k) | v(k) in run | dense target ms | dense v(k) |", "|---|---|---|---|---|---|"]
         for k, v in co["target"]["v"].items():
-            L.append(f"| {k} | {_f(co['target']['t_ms'][k], '{:.1f}')} | {v:.2f} | {_f(inrun.get('v', {}).get(k))} |")
-        L += ["", "| drafter | step ms | c (vs target step) | c in run |", "|---|---|---|---|"]
+            L.append(f"| {k} | {_f(co['target']['t_ms'][k], '{:.1f}')} | {v:.2f} | {_f(inrun.get('v', {}).get(k))} | "
+                     f"{ct(cd, 'target', 't_ms', k)} | {_f(_get(cd, 'target', 'v', k))} |")
+        L += ["", "| drafter | step ms | c (vs target step) | c in run | dense step ms |", "|---|---|---|---|---|"]
         for name, d in {**co["drafters"], PLD: co[PLD]}.items():
-            L.append(f"| {name} | {d['step_ms']:.2f} | {d['c']:.3f} | {_f(inrun.get('c', {}).get(name), '{:.3f}')} |")
+            L.append(f"| {name} | {d['step_ms']:.2f} | {d['c']:.3f} | {_f(inrun.get('c', {}).get(name), '{:.3f}')} | "
+                     f"{ct(cd, 'drafters', name, 'step_ms')} |")
         L.append("")
     if res.get("divergences"):
         L += ["## Rows that differ from the reference (excluded from ratios)", "",
@@ -734,7 +761,10 @@ def markdown(res: dict) -> str:
     L += ["## Memory", "", f"peak RSS {mem['peak_rss_bytes'] / 2**30:.2f} GiB; model parameters "
           f"{mem['param_bytes_total'] / 2**30:.2f} GiB ({', '.join(f'{k} {v / 2**30:.2f}' for k, v in mem['param_bytes'].items())}); "
           f"peak / parameters = {mem['peak_over_params']:.3f} (goal ≤ {mem['goal']}: {'met' if mem['meets_goal'] else 'NOT met'}); "
-          f"RSS after loading {_f(mem['rss_after_load_bytes'] and mem['rss_after_load_bytes'] / 2**30)} GiB.", ""]
+          f"RSS after loading {_f(mem['rss_after_load_bytes'] and mem['rss_after_load_bytes'] / 2**30)} GiB."
+          + (" With --prepack on, each model also keeps its dense weights for the transformers peers, so this run "
+             "holds about two copies: the memory goal is checked on the pipeline (see BENCHMARKS.md)."
+             if m.get("prepack") == "on" else ""), ""]
     return "\n".join(L)
 
 
@@ -767,7 +797,12 @@ def _main(args, transformers, load_model) -> dict:
         if pair not in (AR, PLD) and _label(pair) not in drafters:
             drafters[_label(pair)] = load_model(pair, dtype=args.dtype, device=args.device)
     models = {"target:" + _label(args.target): target, **{k: v for k, v in drafters.items()}}
-    pbytes = {k: _param_bytes(m.model) for k, m in models.items()}
+    pbytes = {k: _param_bytes(m.model) for k, m in models.items()}  # before packing: the fp32 models' size
+    packed = {}
+    if args.prepack == "on":
+        from speccore.prepack import prepack
+
+        packed = {k: prepack(m.model, keep_dense=True) for k, m in models.items()}
     rss_load, peak_load = _rss_now(), _peak_rss()
     counted, warm, skipped = load_rows(args, target)
     if not counted:
@@ -782,7 +817,7 @@ def _main(args, transformers, load_model) -> dict:
                     "machine": platform.platform(), "git": _git(), "parts": sorted(args.parts),
                     "cost_prior": args.cost_prior, "k": args.k, "k_max": args.k_max, "oracle_k": args.oracle_k,
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
-                    "loadavg_start": list(_loadavg())}}
+                    "loadavg_start": list(_loadavg()), "prepack": args.prepack, "packed_linears": packed}}
     rec = HfRecorder()
     rec.install()
     try:
@@ -790,6 +825,9 @@ def _main(args, transformers, load_model) -> dict:
             costs = None
             if "costs" in args.parts:
                 costs = res["costs"] = measure_costs(args, target, drafters, counted[0][1])
+                if packed:  # the same costs on the dense path transformers runs: what packing buys
+                    with dense(target, *drafters.values()):
+                        res["costs_dense"] = measure_costs(args, target, drafters, counted[0][1])
             if "main" in args.parts or "batch" in args.parts:
                 cfgs = build_configs(args, target, drafters, costs, rec)
                 if "main" in args.parts:

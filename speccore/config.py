@@ -115,6 +115,7 @@ class HardwareConfig:
     dtype: str = "float32"
     threads: int | None = None
     price_per_hour: float = 0.0  # USD per device-hour, for cost analytics
+    prepack: bool = True  # CPU fp32: run linears with oneDNN pre-packed weights (speccore/prepack.py)
 
 
 @dataclass(frozen=True)

@@ -416,8 +416,12 @@ def load_model(
     cache: str | Path | None = None,
     trust_remote_code: bool = False,
     find_links: str | None = None,
+    prepack: bool = False,
 ) -> LoadedModel:
-    """Load a catalog model, a local directory or a hub id, from safetensors only."""
+    """Load a catalog model, a local directory or a hub id, from safetensors only.
+
+    prepack: on the CPU, swap fp32 linears for oneDNN pre-packed ones (speccore/prepack.py).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve(ref, cache=cache, dtype=dtype, find_links=find_links)
@@ -433,6 +437,10 @@ def load_model(
         log.warning("%s does not support sdpa attention; using its default (%s)", ref, e)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     model = model.eval().to(device)
+    if prepack and str(device) == "cpu":
+        from .prepack import prepack as pack
+
+        log.info("%s: %d linears pre-packed for oneDNN", ref, pack(model))
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     eos = tuple(sorted(set(_as_ids(model.generation_config.eos_token_id) + _as_ids(tok.eos_token_id))))
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

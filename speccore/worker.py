@@ -22,16 +22,17 @@ from . import store
 
 log = logging.getLogger(__name__)
 
-_MODELS: dict[tuple, object] = {}  # (ref, dtype, device, trust_remote_code) -> LoadedModel, per process
+_MODELS: dict[tuple, object] = {}  # (ref, dtype, device, trust_remote_code, prepack) -> LoadedModel, per process
 
 
-def get_model(ref: str, dtype: str, device: str, trust_remote_code: bool = False):
+def get_model(ref: str, dtype: str, device: str, trust_remote_code: bool = False, prepack: bool = False):
     from .models import load_model
 
-    key = (ref, dtype, device, trust_remote_code)
+    key = (ref, dtype, device, trust_remote_code, prepack)
     if key not in _MODELS:
         t = time.perf_counter()
-        _MODELS[key] = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        _MODELS[key] = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                      prepack=prepack)
         log.info("loaded %s (%s, %s) in %.1fs", ref, dtype, device, time.perf_counter() - t)
     return _MODELS[key]
 
@@ -88,14 +89,16 @@ def _build_engine(cfg: RunConfig) -> Engine:
     if slot is not None:  # one device per worker process, fixed before torch initialises the device
         pin_worker_device(cfg.hardware.kind, slot)
     device = resolve_device(cfg.hardware.kind, cfg.hardware.threads)
-    target = get_model(cfg.target.ref, cfg.target_dtype(), device, cfg.target.trust_remote_code)
+    target = get_model(cfg.target.ref, cfg.target_dtype(), device, cfg.target.trust_remote_code,
+                       cfg.hardware.prepack)
     proposer, policy_factory, algorithm = None, None, "none"
     if cfg.drafter.kind != "none" and cfg.speculation.algorithm != "none":
         from .speculate import make_proposer
 
         drafter = None
         if cfg.drafter.kind == "model":
-            drafter = get_model(cfg.drafter.ref, cfg.drafter_dtype(), device, cfg.drafter.trust_remote_code)
+            drafter = get_model(cfg.drafter.ref, cfg.drafter_dtype(), device, cfg.drafter.trust_remote_code,
+                                cfg.hardware.prepack)
         proposer, policy_factory, algorithm = make_proposer(cfg, target, drafter)
     return Engine(target, proposer=proposer, policy_factory=policy_factory, sampling=cfg.sampling,
                   batch_size=cfg.runner.batch_size, run_seed=cfg.run.seed,

@@ -1,0 +1,103 @@
+"""oneDNN pre-packed linears: what gets packed, what it costs in memory, and that outputs stay exact.
+
+fp32 copies of the tiny zoo models (packing is an fp32 CPU path; the fp64 zoo is left alone).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from speccore import prepack
+from speccore.config import compose
+from speccore.engine import Engine
+from speccore.models import load_model
+from speccore.rows import make_row
+from speccore.speculate import make_proposer
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not prepack.available(), reason="this torch build has no oneDNN")]
+
+PROMPTS = ["def add(a, b):", "def fibonacci(n):\n    ", "# compute the mean\ndef mean(values):\n    return"]
+NEW = 32
+
+
+def _linears(model):
+    return [m for m in model.modules() if type(m) is nn.Linear]
+
+
+def _packed(model):
+    return [m for m in model.modules() if isinstance(m, prepack.PackedLinear)]
+
+
+def _param_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_packs_every_untied_fp32_linear_and_drops_the_dense_weight(tiny_zoo):
+    lm = load_model(str(tiny_zoo["target-llama-g"]), dtype="float32")  # untied head
+    n_lin = len(_linears(lm.model))
+    dense_weights = sum(m.weight.numel() * 4 for m in _linears(lm.model))
+    before = _param_bytes(lm.model)
+    assert prepack.prepack(lm.model) == n_lin
+    assert _linears(lm.model) == [] and len(_packed(lm.model)) == n_lin
+    assert all(m.dense is None for m in _packed(lm.model))
+    assert _param_bytes(lm.model) == before - dense_weights  # the packed copy replaces the dense one
+
+
+def test_tied_head_and_non_fp32_models_stay_as_they_are(tiny_zoo):
+    tied = load_model(str(tiny_zoo["target-qwen-g"]), dtype="float32")  # lm_head shares the embedding
+    head = tied.model.lm_head
+    assert tied.model.lm_head.weight is tied.model.model.embed_tokens.weight
+    n_lin = len(_linears(tied.model))
+    assert prepack.prepack(tied.model) == n_lin - 1
+    assert _linears(tied.model) == [head] and tied.model.lm_head is head  # all but the tied head were packed
+    f64 = load_model(str(tiny_zoo["target-llama-g"]), dtype="float64")
+    assert prepack.prepack(f64.model) == 0 and _packed(f64.model) == []
+
+
+def test_logits_match_the_dense_path_and_dense_linears_switches_back(tiny_zoo):
+    lm = load_model(str(tiny_zoo["target-llama-g"]), dtype="float32")
+    ids = torch.tensor([lm.tokenizer("def fibonacci(n):\n    return")["input_ids"]])
+    with torch.inference_mode():
+        dense = lm.model(ids).logits
+        prepack.prepack(lm.model, keep_dense=True)
+        packed = lm.model(ids).logits
+        with prepack.dense_linears(lm.model):
+            again = lm.model(ids).logits
+    assert torch.equal(again, dense)  # the dense weights run exactly as before packing
+    assert torch.allclose(packed, dense, rtol=1e-4, atol=1e-4)
+    assert torch.equal(packed.argmax(-1), dense.argmax(-1))
+    bare = load_model(str(tiny_zoo["target-llama-g"]), dtype="float32")
+    prepack.prepack(bare.model)
+    with pytest.raises(ValueError, match="keep_dense=True"):
+        with prepack.dense_linears(bare.model):
+            pass
+
+
+@pytest.mark.parametrize("drafter,policy", [("drafter-llama-g", "heuristic"), ("drafter-llama-m", "cost")])
+def test_speculative_greedy_on_packed_models_equals_target_alone(tiny_zoo, drafter, policy):
+    """Packed target and drafter: speculative output equals the packed target's own greedy output,
+    batched, which in turn equals transformers' generate on the dense fp32 target."""
+    ref = str(tiny_zoo["target-llama-g"])
+    cfg = compose(["target=hf", f"target.ref={ref}", "drafter=hf", f"drafter.ref={tiny_zoo[drafter]}",
+                   f"sampling.max_new_tokens={NEW}", f"speculation.lookahead={policy}"], config_dir="conf")
+    target = load_model(ref, dtype="float32")
+    rows = [make_row({"prompt": p}, f"r{i}") for i, p in enumerate(PROMPTS)]
+    with torch.inference_mode():
+        hf = {}
+        for r in rows:
+            x = torch.tensor([target.tokenizer(r.prompt)["input_ids"]])
+            out = target.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=NEW,
+                                        eos_token_id=list(target.eos_token_ids), pad_token_id=target.eos_token_ids[0])
+            hf[r.row_id] = out[0, x.shape[1]:].tolist()
+    assert prepack.prepack(target.model) > 0
+    dr = load_model(str(tiny_zoo[drafter]), dtype="float32")
+    assert prepack.prepack(dr.model) > 0
+    own, _ = Engine(target, sampling=cfg.sampling, batch_size=3).generate(rows)
+    proposer, factory, algo = make_proposer(cfg, target, dr)
+    eng = Engine(target, proposer=proposer, policy_factory=factory, sampling=cfg.sampling, batch_size=3,
+                 algorithm=algo)
+    spec, steps = eng.generate(rows)
+    assert [r.status for r in spec] == ["ok"] * 3 and sum(s.accepted for s in steps) > 0
+    assert {r.row_id: r.output_ids for r in spec} == {r.row_id: r.output_ids for r in own} == hf
