@@ -39,16 +39,19 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--lookahead", default="heuristic")
+    ap.add_argument("--prepack", choices=["on", "off"], default="on",
+                    help="oneDNN pre-packed linears for target and drafters (as runs do on CPU fp32)")
     ap.add_argument("--out", default=None, help="write a JSON report here")
     args = ap.parse_args(argv)
 
     rows = [r for r in itertools.islice(iter_rows(SourceSpec(kind=args.dataset)), args.n * 2) if r.ok][: args.n]
-    target = models.load_model(args.target)
+    pack = args.prepack == "on"
+    target = models.load_model(args.target, prepack=pack)
     cfg = compose([f"sampling.max_new_tokens={args.max_new_tokens}", f"speculation.lookahead={args.lookahead}"],
                   config_dir="conf")
     t = time.perf_counter()
     ref, _ = Engine(target, sampling=cfg.sampling, batch_size=args.batch_size).generate(rows)
-    report = {"target": args.target, "n": len(rows), "max_new_tokens": args.max_new_tokens,
+    report = {"target": args.target, "n": len(rows), "max_new_tokens": args.max_new_tokens, "prepack": args.prepack,
               "reference_s": time.perf_counter() - t, "drafters": {}}
     prompt_ids = {r.row_id: encode_row(target.tokenizer, r) for r in rows}
     for name in [d for d in args.drafters.split(",") if d]:
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
             drafter = None
         else:
             c = cfg
-            drafter = models.load_model(name)
+            drafter = models.load_model(name, prepack=pack)
         proposer, factory, algo = make_proposer(c, target, drafter)
         eng = Engine(target, proposer=proposer, policy_factory=factory, sampling=c.sampling,
                      batch_size=args.batch_size, algorithm=algo)
