@@ -137,3 +137,19 @@ def test_report_renders_in_headless_chromium(data, tmp_path):
         assert pixels["plots"][name]["ink"] > 0.01 and pixels["plots"][name]["blue"] > 20, (name, pixels["plots"][name])
     if os.environ.get("SPECCORE_REPORT_PNG"):  # keep the screenshot to look at
         Path(os.environ["SPECCORE_REPORT_PNG"]).write_bytes(png.read_bytes())
+
+
+def test_flow_run_ends_with_the_summary_as_markdown_artifact(data, monkeypatch):
+    from types import SimpleNamespace
+
+    import tasks.summarise as ts
+
+    made = {}
+    monkeypatch.setattr(ts, "create_table_artifact", lambda **kw: made.setdefault("table", kw))
+    monkeypatch.setattr(ts, "create_markdown_artifact", lambda **kw: made.setdefault("markdown", kw))
+    monkeypatch.setattr(ts.run, "finish", lambda cfg, plan: None)  # the manifest is already there
+    monkeypatch.setattr(ts, "from_dict", lambda c: SimpleNamespace(run=SimpleNamespace(output_dir=str(data))))
+    rows = ts.summarise.fn({}, SimpleNamespace(run_id="r2"))
+    assert rows[0]["drafter"] == "d2"
+    assert made["markdown"]["key"] == "run-r2-report"
+    assert made["markdown"]["markdown"] == report.summary_markdown(report.collect(data, ["r2"]))
