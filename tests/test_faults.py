@@ -399,7 +399,10 @@ def test_readers_never_see_a_partial_shard_while_the_writer_is_killed(tmp_path):
     thread.start()
     partial = []
     try:
-        for _ in range(3):
+        kills = attempts = 0
+        while kills < 3:  # three kills that land inside a write
+            attempts += 1
+            assert attempts <= 10, "the writer always finished before the kill landed"
             target = len(store.committed_shards(out, "atom")) + 1  # let one shard commit, kill inside the next
             proc = writer()
             deadline = time.monotonic() + 120
@@ -409,7 +412,11 @@ def test_readers_never_see_a_partial_shard_while_the_writer_is_killed(tmp_path):
                 tmp = list(gen_dir.glob(f"*shard-{target:05d}.parquet*")) if gen_dir.exists() else []
             kill_group(proc)  # SIGKILL: no finally block, no cleanup runs in the writer
             assert proc.returncode == -9 and tmp, proc.stderr.read().decode()[-2000:]
-            assert target not in store.committed_shards(out, "atom"), "a shard looks committed mid-write"
+            if target in store.committed_shards(out, "atom"):
+                # on a busy machine the rename can beat the kill: then it must be the whole file
+                assert pq.read_table(store.shard_path(out, "generations", "atom", target)).num_rows == ROWS_PER_SHARD
+                continue
+            kills += 1
             partial += [p for p in tmp if p.exists()]
         proc = writer()
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
