@@ -5,6 +5,7 @@ Sweeps use Hydra multirun:    python -m flows.generate -m drafter=smollm2-135m,g
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -19,11 +20,17 @@ from speccore.config import RunConfig, from_dict, from_omegaconf  # noqa: E402
 from tasks.generate_shard import generate_shard  # noqa: E402
 from tasks.summarise import summarise  # noqa: E402
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
 
 
 def task_runner(cfg: RunConfig):
-    """The task runner named by runner=: local threads, Dask or Ray."""
+    """The task runner named by runner=: local threads, Dask or Ray.
+
+    Dask and Ray start a local cluster of runner.max_workers single-threaded worker processes bound
+    to 127.0.0.1 with no dashboard, unless runner.address names an existing scheduler or cluster.
+    Each worker process loads the models once and pins one device (speccore.device).
+    """
     kind = cfg.runner.kind
     if kind == "local":
         from prefect.task_runners import ThreadPoolTaskRunner
@@ -36,13 +43,26 @@ def task_runner(cfg: RunConfig):
             if cfg.runner.address:
                 return DaskTaskRunner(address=cfg.runner.address)
             return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.runner.max_workers, "threads_per_worker": 1,
-                                                  "processes": True, "dashboard_address": None})
+                                                  "processes": True, "host": "127.0.0.1", "dashboard_address": None})
         from prefect_ray import RayTaskRunner
 
-        return RayTaskRunner(address=cfg.runner.address) if cfg.runner.address else RayTaskRunner(
-            init_kwargs={"num_cpus": cfg.runner.max_workers, "include_dashboard": False})
+        if cfg.runner.address:
+            return RayTaskRunner(address=cfg.runner.address)
+        return RayTaskRunner(init_kwargs={
+            "num_cpus": cfg.runner.max_workers, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+            "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}},
+            "log_to_driver": True, "configure_logging": False})
     except ImportError as e:
         raise RuntimeError(f"runner={kind} needs its extra: pip install 'speccore[{kind}]' ({e})") from None
+
+
+def remote_options(cfg: RunConfig):
+    """Per-task resources: under Ray, a task on cuda asks for one GPU, and Ray pins it (CUDA_VISIBLE_DEVICES)."""
+    if cfg.runner.kind == "ray" and cfg.hardware.kind in ("cuda", "hpu"):
+        from prefect_ray.context import remote_options as ray_options
+
+        return ray_options(**({"num_gpus": 1} if cfg.hardware.kind == "cuda" else {"resources": {"HPU": 1}}))
+    return contextlib.nullcontext()
 
 
 @flow(name="speccore-generate", log_prints=True)
@@ -53,7 +73,8 @@ def generate(config: dict) -> dict:
     run.write_pending_manifest(cfg, plan)
     logger.info("run %s: %d rows in %d shards, %d already committed", plan.run_id, plan.n_rows,
                 len(plan.shards), len(plan.committed))
-    futures = generate_shard.map(unmapped(cfg.to_dict()), unmapped(plan.run_id), list(plan.todo))
+    with remote_options(cfg):
+        futures = generate_shard.map(unmapped(cfg.to_dict()), unmapped(plan.run_id), list(plan.todo))
     done = [f.result() for f in futures]
     summary = summarise(cfg.to_dict(), plan)
     logger.info("run %s done: %d shards generated now, output in %s", plan.run_id, len(done), cfg.run.output_dir)

@@ -23,17 +23,19 @@ from . import store
 log = logging.getLogger(__name__)
 
 _MODELS: dict[tuple, object] = {}  # (ref, dtype, device, trust_remote_code, prepack) -> LoadedModel, per process
+_MODELS_LOCK = threading.Lock()
 
 
 def get_model(ref: str, dtype: str, device: str, trust_remote_code: bool = False, prepack: bool = False):
     from .models import load_model
 
     key = (ref, dtype, device, trust_remote_code, prepack)
-    if key not in _MODELS:
-        t = time.perf_counter()
-        _MODELS[key] = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                      prepack=prepack)
-        log.info("loaded %s (%s, %s) in %.1fs", ref, dtype, device, time.perf_counter() - t)
+    with _MODELS_LOCK:  # two shard threads starting together load a model once, not twice
+        if key not in _MODELS:
+            t = time.perf_counter()
+            _MODELS[key] = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                          prepack=prepack)
+            log.info("loaded %s (%s, %s) in %.1fs", ref, dtype, device, time.perf_counter() - t)
     return _MODELS[key]
 
 
@@ -73,12 +75,17 @@ def shard_rows(cfg: RunConfig, shard: Shard) -> list:
     return rows
 
 
-_ENGINES: dict[tuple, Engine] = {}  # per process: building a cross-vocab proposer costs seconds
+_ENGINES: dict[tuple, Engine] = {}  # per thread: building a cross-vocab proposer costs seconds
 
 
 def build_engine(cfg: RunConfig) -> Engine:
-    """The engine for this config (built once per process): target plus the proposer it asks for."""
-    key = (config_hash(cfg), cfg.runner.batch_size)
+    """The engine for this config, built once per worker thread: target plus the proposer it asks for.
+
+    Per thread, not per process: an engine and its proposer keep per-batch state (KV caches, policy
+    state), so two shards running at once in one process (runner=local, max_workers>1) must not share
+    one. The weights are shared: get_model loads each model once per process.
+    """
+    key = (config_hash(cfg), cfg.runner.batch_size, threading.get_ident())
     if key not in _ENGINES:
         _ENGINES[key] = _build_engine(cfg)
     return _ENGINES[key]
