@@ -14,8 +14,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network
 
 import hydra  # noqa: E402
 from prefect import flow, get_run_logger, unmapped  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 
 from speccore import run  # noqa: E402
+from speccore.progress import Progress  # noqa: E402
 from speccore.config import RunConfig, from_dict, from_omegaconf  # noqa: E402
 from tasks.generate_shard import generate_shard  # noqa: E402
 from tasks.summarise import summarise  # noqa: E402
@@ -75,7 +77,12 @@ def generate(config: dict) -> dict:
                 len(plan.shards), len(plan.committed))
     with remote_options(cfg):
         futures = generate_shard.map(unmapped(cfg.to_dict()), unmapped(plan.run_id), list(plan.todo))
-    done = [f.result() for f in futures]
+    done_rows = plan.n_rows - sum(s.size for s in plan.todo)
+    with Progress(plan.n_rows, done_rows, desc=f"run {plan.run_id}") as bar:
+        done = []
+        for f in as_completed(futures):
+            done.append(f.result())
+            bar.update(done[-1])
     summary = summarise(cfg.to_dict(), plan)
     logger.info("run %s done: %d shards generated now, output in %s", plan.run_id, len(done), cfg.run.output_dir)
     return {"run_id": plan.run_id, "shards": len(plan.shards), "generated": len(done), "summary": summary}

@@ -75,6 +75,18 @@ def test_flow_writes_every_row_once_and_resumes(prefect, tiny_zoo, prompts, tmp_
 
     assert manifest[4] == load_model(str(tiny_zoo["target-llama-g"]), dtype="float64").revision
 
+    # each Parquet file carries the manifest's provenance in its key-value metadata
+    man = store.read_manifest(out, "r1")
+    for table in ("generations", "steps"):
+        meta = {k.decode(): v.decode() for k, v in pq.read_schema(store.shard_path(out, table, "r1", 2)).metadata.items()}
+        assert meta["speccore.run_id"] == "r1" and meta["speccore.shard"] == "2"
+        for key in ("config_yaml", "config_hash", "versions", "git_sha", "model_files", "target_revision", "device"):
+            assert meta[f"speccore.{key}"] == (man[key] or ""), key
+        assert json.loads(meta["speccore.versions"])["torch"] and "target-llama-g" in meta["speccore.config_yaml"]
+        assert len(meta["speccore.git_sha"]) == 40
+    assert man["git_sha"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True).stdout.strip()
+
     # a re-run of the same run id skips every committed shard
     again = run_config(cfg)
     assert again["generated"] == 0
