@@ -210,11 +210,24 @@ class CostModel:
         return self._draft_tok_s / t1
 
     def v(self, k: int) -> float:
+        """v(k): measured where k was measured; between measured points, interpolated; outside them,
+        the prior's shape scaled to the nearest measured point. A prior that is off by a factor (other
+        kernels, another machine, another batch size) thus steers only until one k is measured; a policy
+        that learnt v(3) on hardware twice as fast as the prior still sees v(8) as cheap."""
         if k == 0:
             return 1.0
-        if self._t1 is not None and k in self._verify_s:
+        if self._t1 is None or not self._verify_s:
+            return float(self._v_prior(k))
+        if k in self._verify_s:
             return self._verify_s[k] / self._t1
-        return float(self._v_prior(k))
+        ks = sorted(self._verify_s)
+        j = bisect.bisect_left(ks, k)
+        if 0 < j < len(ks):  # between two measured points
+            k0, k1 = ks[j - 1], ks[j]
+            v0, v1 = self._verify_s[k0] / self._t1, self._verify_s[k1] / self._t1
+            return v0 + (v1 - v0) * (k - k0) / (k1 - k0)
+        near = ks[0] if j == 0 else ks[-1]
+        return self._verify_s[near] / self._t1 * float(self._v_prior(k)) / float(self._v_prior(near))
 
     def step_cost(self, k: int) -> float:
         """Cost of a step that drafts k tokens; a plain step (k=0) costs 1."""

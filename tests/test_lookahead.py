@@ -126,7 +126,29 @@ def test_cost_model_update_from_timings():
     cm.update(3, draft_s=0.6, verify_s=2.048)
     assert cm.v(3) == pytest.approx((1.048 + 2.048) / 2 / 0.5)
     assert cm.c == pytest.approx((0.1 + 0.2) / 2 / 0.5)
-    assert cm.v(5) == pytest.approx(2.82)  # not measured: the prior
+    # not measured: the prior's shape, scaled to the nearest measured point (k=3)
+    v3 = (1.048 + 2.048) / 2 / 0.5
+    assert cm.v(5) == pytest.approx(v3 * 2.82 / 2.62)
+    assert cm.v(1) == pytest.approx(v3 * 2.11 / 2.62)
+    # between two measured points: linear in the measured values
+    cm.update(7, draft_s=0.7, verify_s=1.5)
+    assert cm.v(7) == pytest.approx(1.5 / 0.5)
+    assert cm.v(5) == pytest.approx(v3 + (3.0 - v3) * 2 / 4)
+    assert cm.v(9) == pytest.approx(3.0 * (2.92 + 2 * 0.05) / 2.92)
+
+
+def test_cost_policy_drafts_once_a_pessimistic_prior_meets_a_measurement():
+    """A prior from slower kernels (v(3) = 2.62) on hardware where verifying is cheap: at alpha 0.6 the
+    prior says plain decoding; one measured v(3) = 1.3 rescales the whole curve and drafting pays."""
+    cm = CostModel(c=0.05, ewma=1.0)
+    cm.update(0, draft_s=0.0, verify_s=1.0)
+    p = CostAware(cost_model=cm, k_max=16, **strong(0.6))
+    p.propose_k()
+    assert p.decision()["argmax_k"] == 0
+    cm.update(3, draft_s=0.15, verify_s=1.3)
+    assert cm.v(8) == pytest.approx(1.3 * (2.92 + 0.05) / 2.62)
+    p.propose_k()
+    assert p.decision()["argmax_k"] == 2
 
 
 def test_policy_learns_costs_unless_told_not_to():
