@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--parts", default=None, help="comma list of costs,main,batch (default: costs,main (+batch, see above))")
     a("--measure-costs", action="store_true", help="only measure and print v(k) and c (same as --parts costs)")
     a("--cost-ks", default="0-8,12,16", help="k values for v(k), e.g. 0-8,12,16")
+    a("--cost-batch-sizes", default="1", help="comma list: also measure v(k) with this many rows per forward "
+                                             "(each row k+1 new tokens), relative to a plain step of as many rows")
     a("--cost-reps", type=int, default=5, help="timed repetitions per k (median), after one untimed")
     a("--cost-prior", choices=["library", "measured"], default="library",
       help="the cost policy's CostModel prior: speccore's defaults (as build_engine does) or the costs measured here")
@@ -84,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.pairs = [s.strip() for s in args.pairs.split(",") if s.strip()]
     args.policies = [s.strip() for s in args.policies.split(",") if s.strip()]
     args.batch_sizes = sorted({int(s) for s in args.batch_sizes.split(",")})
+    args.cost_batch_sizes = sorted({int(s) for s in args.cost_batch_sizes.split(",")} | {1})
     args.hf_variants = [s.strip() for s in args.hf_variants.split(",") if s.strip()]
     if unknown := set(args.hf_variants) - set(HF_VARIANTS):
         p.error(f"unknown --hf-variants {sorted(unknown)}")
@@ -199,8 +202,10 @@ def measure_costs(args, target, drafters: dict, ids: list[int]) -> dict:
     from speccore.ngram import lookup
 
     dev, ks = args.device, args.cost_ks
-    t_lm = CachedLM(target.model, 1)
-    t_lm.forward([ids])
+    t_lms = {}
+    for B in args.cost_batch_sizes:
+        t_lms[B] = CachedLM(target.model, B)
+        t_lms[B].forward([ids] * B)
     feed = (ids * (max(ks) + 2))[: max(ks) + 1]  # real token ids; what they are does not change the cost
     d_lms = {}
     text = target.tokenizer.decode(ids)
@@ -209,17 +214,19 @@ def measure_costs(args, target, drafters: dict, ids: list[int]) -> dict:
         lm = CachedLM(d.model, 1)
         lm.forward([dids])
         d_lms[label] = (lm, dids)
-    t = {k: [] for k in ks}
+    tb = {B: {k: [] for k in ks} for B in t_lms}
+    t = tb[1]
     td = {label: [] for label in d_lms}
     tp = []
     for rep in range(args.cost_reps + 1):  # rep 0 is untimed (warm-up); interleaved so noise hits all alike
-        for k in ks:
-            t0 = _now(dev)
-            t_lm.forward([feed[: k + 1]])
-            dt = _now(dev) - t0
-            t_lm.keep([0])
-            if rep:
-                t[k].append(dt)
+        for B, t_lm in t_lms.items():
+            for k in ks:
+                t0 = _now(dev)
+                t_lm.forward([feed[: k + 1]] * B)
+                dt = _now(dev) - t0
+                t_lm.keep([0] * B)
+                if rep:
+                    tb[B][k].append(dt)
         for label, (lm, dids) in d_lms.items():
             t0 = _now(dev)
             lm.forward([dids[-1:]])
@@ -234,6 +241,9 @@ def measure_costs(args, target, drafters: dict, ids: list[int]) -> dict:
     t1 = _median(t[0])
     out = {"prompt_tokens": len(ids), "reps": args.cost_reps,
            "target": {"t_ms": {k: _median(t[k]) * 1e3 for k in ks}, "v": {k: _median(t[k]) / t1 for k in ks}},
+           "target_batch": {B: {"t_ms": {k: _median(x[k]) * 1e3 for k in ks},
+                                "v": {k: _median(x[k]) / _median(x[0]) for k in ks},
+                                "plain_vs_one_row": _median(x[0]) / t1} for B, x in tb.items()},
            "drafters": {label: {"step_ms": _median(x) * 1e3, "c": _median(x) / t1} for label, x in td.items()},
            PLD: {"step_ms": _median(tp) * 1e3, "c": _median(tp) / t1}}
     return out
@@ -734,6 +744,13 @@ def markdown(res: dict) -> str:
         for k, v in co["target"]["v"].items():
             L.append(f"| {k} | {_f(co['target']['t_ms'][k], '{:.1f}')} | {v:.2f} | {_f(inrun.get('v', {}).get(k))} | "
                      f"{ct(cd, 'target', 't_ms', k)} | {_f(_get(cd, 'target', 'v', k))} |")
+        tbm = {B: x for B, x in co.get("target_batch", {}).items() if int(B) > 1}
+        if tbm:
+            L += ["", "v(k) with B rows per forward, relative to a plain step of B rows (that step's cost vs one row "
+                  "in brackets):", "", "| k | " + " | ".join(f"B={B} ({_f(x['plain_vs_one_row'])}×)" for B, x in tbm.items())
+                  + " |", "|---|" + "---|" * len(tbm)]
+            for k in co["target"]["v"]:
+                L.append(f"| {k} | " + " | ".join(_f(_get(x, 'v', k)) for x in tbm.values()) + " |")
         L += ["", "| drafter | step ms | c (vs target step) | c in run | dense step ms |", "|---|---|---|---|---|"]
         for name, d in {**co["drafters"], PLD: co[PLD]}.items():
             L.append(f"| {name} | {d['step_ms']:.2f} | {d['c']:.3f} | {_f(inrun.get('c', {}).get(name), '{:.3f}')} | "
