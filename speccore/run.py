@@ -38,8 +38,12 @@ def prepare(cfg: RunConfig) -> RunPlan:
     Re-running a run id with a changed configuration is refused (its rows would mix two configs),
     unless run.new_run=true, which starts a fresh run id instead.
     """
+    from .device import resolve_device
     from .sources import SourceReport, fingerprint, iter_rows
     from .worker import source_spec
+
+    if not cfg.runner.address:  # workers run on this machine: a missing device stack fails now, not per shard
+        resolve_device(cfg.hardware.kind)
 
     now = datetime.now(timezone.utc)
     out = Path(cfg.run.output_dir)

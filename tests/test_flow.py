@@ -60,6 +60,7 @@ def test_flow_writes_every_row_once_and_resumes(prefect, tiny_zoo, prompts, tmp_
     assert rows["bad"]["status"] == "error" and rows["bad"]["error_type"] == "invalid_prompt"
     assert all(r["status"] == "ok" for k, r in rows.items() if k != "bad")
     assert {r["algorithm"] for k, r in rows.items() if k != "bad"} == {"standard"}
+    assert {r["device"] for r in rows.values()} == {"cpu"}  # every row records its device kind
     assert sum(r["drafted"] for r in rows.values()) > 0
 
     # DuckDB sees the same rows, once each, and the steps add up
