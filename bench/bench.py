@@ -77,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--prompt-lookup-num-tokens", type=int, default=10)
     a("--prepack", choices=["on", "off"], default="on",
       help="speccore's models run with oneDNN pre-packed linears on CPU fp32 (as build_engine does); transformers' "
-           "peers always run the plain dense linears, as transformers runs them (each model then holds both copies)")
+           "peers always run the plain dense linears, as transformers runs them (each model then holds both copies, "
+           "except with --no-hf)")
     a("--dtype", default="float32")
     a("--device", default="cpu")
     a("--threads", type=int, default=None, help="torch threads (default: torch's own); the same for every config")
@@ -781,7 +782,7 @@ def markdown(res: dict) -> str:
           f"RSS after loading {_f(mem['rss_after_load_bytes'] and mem['rss_after_load_bytes'] / 2**30)} GiB."
           + (" With --prepack on, each model also keeps its dense weights for the transformers peers, so this run "
              "holds about two copies: the memory goal is checked on the pipeline (see BENCHMARKS.md)."
-             if m.get("prepack") == "on" else ""), ""]
+             if m.get("prepack") == "on" and not m.get("no_hf") else ""), ""]
     return "\n".join(L)
 
 
@@ -819,7 +820,8 @@ def _main(args, transformers, load_model) -> dict:
     if args.prepack == "on":
         from speccore.prepack import prepack
 
-        packed = {k: prepack(m.model, keep_dense=True) for k, m in models.items()}
+        # the dense weights stay only for transformers' peers: with --no-hf, memory is the pipeline's
+        packed = {k: prepack(m.model, keep_dense=not args.no_hf) for k, m in models.items()}
     rss_load, peak_load = _rss_now(), _peak_rss()
     counted, warm, skipped = load_rows(args, target)
     if not counted:
@@ -834,7 +836,8 @@ def _main(args, transformers, load_model) -> dict:
                     "machine": platform.platform(), "git": _git(), "parts": sorted(args.parts),
                     "cost_prior": args.cost_prior, "k": args.k, "k_max": args.k_max, "oracle_k": args.oracle_k,
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
-                    "loadavg_start": list(_loadavg()), "prepack": args.prepack, "packed_linears": packed}}
+                    "loadavg_start": list(_loadavg()), "prepack": args.prepack, "packed_linears": packed,
+                    "no_hf": args.no_hf}}
     rec = HfRecorder()
     rec.install()
     try:
@@ -842,7 +845,7 @@ def _main(args, transformers, load_model) -> dict:
             costs = None
             if "costs" in args.parts:
                 costs = res["costs"] = measure_costs(args, target, drafters, counted[0][1])
-                if packed:  # the same costs on the dense path transformers runs: what packing buys
+                if packed and not args.no_hf:  # the same costs on the dense path transformers runs
                     with dense(target, *drafters.values()):
                         res["costs_dense"] = measure_costs(args, target, drafters, counted[0][1])
             if "main" in args.parts or "batch" in args.parts:
