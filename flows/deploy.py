@@ -7,7 +7,7 @@ Serve it (this process polls the Prefect API and runs each scheduled or triggere
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy --name nightly \\
         --cron "0 2 * * *" -- dataset=sharegpt dataset.limit=1000 run.output_dir=/data/speccore
 Trigger one now, with other overrides if you like:
-    prefect deployment run speccore-job/nightly --param 'overrides=["dataset.limit=10"]'
+    prefect deployment run speccore-job/nightly --params '{"overrides": ["dataset.limit=10"]}'
 """
 from __future__ import annotations
 
