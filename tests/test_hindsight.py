@@ -8,8 +8,10 @@ from tests.analytics_data import write_run
 
 # One row, three steps (step, k, drafted, accepted, draft_ms, verify_ms): a plain step of 100 ms
 # (measures t1 = 0.1 s), a 2-token draft fully kept (20 ms drafting -> 0.01 s/token, 200 ms verify),
-# and the same draft all rejected. So c = 0.01 / 0.1 = 0.1, v(2) = 0.2 / 0.1 = 2.0, and v(1) stays
-# the prior 2.11 (lookahead.DEFAULT_V): step costs 1 (k=0), 2.21 (k=1), 2.2 (k=2).
+# and the same draft all rejected. So c = 0.01 / 0.1 = 0.1, v(2) = 0.2 / 0.1 = 2.0, and v(1) is the
+# prior's shape (lookahead.DEFAULT_V: v(1) = 2.11, v(2) = (2.11 + 2.62) / 2 = 2.365) scaled to the
+# measured v(2): 2.0 * 2.11 / 2.365. Step costs 1 (k=0), 0.1 + V1 (k=1), 2.2 (k=2).
+V1 = 2.0 * 2.11 / 2.365
 STEPS = [(1, 0, 0, 0, 0.0, 100.0), (2, 2, 2, 2, 20.0, 200.0), (3, 2, 2, 0, 20.0, 200.0)]
 
 
@@ -24,7 +26,7 @@ def _analyse(out):
 def test_oracle_policy_and_constant_k_by_hand(tmp_path):
     write_run(tmp_path, "h", "d", "heuristic", 1.0, [("p", 10, 5, 1.0, 0.04, 0.5, 0, STEPS)])
     h = _analyse(tmp_path)["h"]
-    assert h.c == pytest.approx(0.1) and h.v[2] == pytest.approx(2.0) and h.v[1] == pytest.approx(2.11)
+    assert h.c == pytest.approx(0.1) and h.v[2] == pytest.approx(2.0) and h.v[1] == pytest.approx(V1)
     # policy: tokens 1 + 3 + 1 = 5, cost 1 + 2.2 + 2.2 = 5.4
     assert h.policy_speedup == pytest.approx(5 / 5.4)
     # oracle: per step min(cost of drafting a, a + 1): 1, min(2.2, 3) = 2.2, 1 -> 5 / 4.2
@@ -33,10 +35,10 @@ def test_oracle_policy_and_constant_k_by_hand(tmp_path):
     # hindsight-best k: 0 (a=0), 2 (3 tokens for 2.2 beats 3 plain steps), 0
     assert h.oracle_k_counts == {0: 2, 2: 1} and h.mean_oracle_k == pytest.approx(2 / 3)
     assert h.mean_k == pytest.approx(4 / 3) and h.censored_share == pytest.approx(1 / 3)
-    # constant k on the same steps: k=0 -> 3 / 3; k=1 -> tokens 1 + 2 + 1 = 4 for 3 x 2.21;
+    # constant k on the same steps: k=0 -> 3 / 3; k=1 -> tokens 1 + 2 + 1 = 4 for 3 x (0.1 + V1);
     # k=2 -> 5 tokens for 3 x 2.2
     assert h.constant_k[0] == pytest.approx(1.0)
-    assert h.constant_k[1] == pytest.approx(4 / 6.63)
+    assert h.constant_k[1] == pytest.approx(4 / (3 * (0.1 + V1)))
     assert h.constant_k[2] == pytest.approx(5 / 6.6)
     assert sorted(h.constant_k) == list(range(9))  # up to max(8, longest draft)
 
@@ -49,7 +51,7 @@ def test_a_shared_forward_teaches_the_costs_once(tmp_path):
                                                      ("q", 10, 4, 1.0, 0.04, 0.5, 0, q)])
     h = _analyse(tmp_path)["h"]
     assert h.steps == 6
-    assert h.c == pytest.approx(0.1) and h.v[1] == pytest.approx(2.11) and h.v[2] == pytest.approx(2.0)
+    assert h.c == pytest.approx(0.1) and h.v[1] == pytest.approx(V1) and h.v[2] == pytest.approx(2.0)
 
 
 def test_runs_are_analysed_apart(tmp_path):
