@@ -47,10 +47,17 @@ def _bucket_macros() -> list[str]:
 
 
 def run_files(data_dir: str | Path, table: str, run_ids: Iterable[str] | None = None) -> list[Path]:
+    """The table's files. For `steps`, only those of committed shards: a shard commits when its
+    generations file exists, and a writer killed between the two files leaves a steps file alone."""
     root = Path(data_dir) / table
     if run_ids is None:
-        return sorted(root.glob(f"run_id=*/{TABLES[table]}"))
-    return [p for r in run_ids for p in sorted((root / f"run_id={r}").glob(TABLES[table]))]
+        files = sorted(root.glob(f"run_id=*/{TABLES[table]}"))
+    else:
+        files = [p for r in run_ids for p in sorted((root / f"run_id={r}").glob(TABLES[table]))]
+    if table == "steps":
+        gen = Path(data_dir) / "generations"
+        files = [p for p in files if (gen / p.parent.name / p.name).exists()]
+    return files
 
 
 def list_runs(data_dir: str | Path) -> list[str]:

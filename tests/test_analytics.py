@@ -125,3 +125,18 @@ def test_sql_cli_writes_csv(data, tmp_path):
     assert main(["sql", "cost", "--data", str(data), "--csv", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith('"run_id"') and len(lines) == 4
+
+
+def test_steps_of_an_uncommitted_shard_are_not_data(tmp_path):
+    """A writer killed between a shard's steps file and its generations file (the commit) leaves the
+    steps file alone on disk: the steps view must not count it until the re-run commits the shard."""
+    write_run(tmp_path, "k", "d", "cost", 1.0, [("p", 10, 5, 1.0, 0.04, 0.5, 0, [(1, 2, 2, 1, 10.0, 100.0)])])
+    shard0 = tmp_path / "steps" / "run_id=k" / "shard-00000.parquet"
+    orphan = shard0.with_name("shard-00001.parquet")
+    orphan.write_bytes(shard0.read_bytes())  # a complete steps file whose generations never landed
+    con = analytics.connect(tmp_path)
+    try:
+        assert con.sql("SELECT count(*) FROM steps").fetchall() == [(1,)]
+    finally:
+        con.close()
+    assert analytics.run_files(tmp_path, "steps") == [shard0]
