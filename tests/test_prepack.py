@@ -101,3 +101,35 @@ def test_speculative_greedy_on_packed_models_equals_target_alone(tiny_zoo, draft
     spec, steps = eng.generate(rows)
     assert [r.status for r in spec] == ["ok"] * 3 and sum(s.accepted for s in steps) > 0
     assert {r.row_id: r.output_ids for r in spec} == {r.row_id: r.output_ids for r in own} == hf
+
+
+def _resident_kib(path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="/proc/self/smaps")
+def test_packing_releases_the_file_pages_of_mmapped_weights(tmp_path):
+    """Weights mmapped from a file (as safetensors loads them) do not stay resident beside their packed
+    copies; anonymous memory is left exactly as it was."""
+    path = tmp_path / "w.bin"
+    torch.randn(1024, 1024).numpy().tofile(path)  # 4 MiB
+    w = torch.from_file(str(path), shared=False, size=1024 * 1024).view(1024, 1024)
+    lin = nn.Linear(1024, 1024, bias=False)
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    model = nn.Sequential(lin)
+    expected = model(torch.ones(1, 1024))
+    assert _resident_kib(path) >= 4000  # read once: resident
+    anon = nn.Linear(64, 64)
+    before = anon.weight.detach().clone()
+    assert prepack.prepack(model) == 1 and prepack.prepack(nn.Sequential(anon)) == 1
+    assert _resident_kib(path) < 64  # dropped: only the packed copy holds the weights now
+    assert torch.allclose(model(torch.ones(1, 1024)), expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(anon.weight, before)  # the old module's anonymous weight is untouched
