@@ -337,7 +337,22 @@ class Result:  # engine.RowResult's row_id/status/output_text, without importing
     status: str
     output_text: str
 
-out, rows, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+out, rows, n, stall = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+if stall >= 0:  # stop half way through that shard's generations file, so the kill lands inside a write
+    import io, time
+    real = store.pq.write_table
+
+    def half_then_stall(table, where, **kw):
+        buf = io.BytesIO()
+        real(table, buf, **kw)
+        data = buf.getvalue()
+        where.write(data[: len(data) // 2])
+        where.flush()
+        if table.num_rows == rows and table.column("row_id")[0].as_py() == f"s{stall}-0":
+            time.sleep(600)
+        where.write(data[len(data) // 2 :])
+
+    store.pq.write_table = half_then_stall
 for shard in range(n):
     if shard in store.committed_shards(out, "atom"):
         continue
@@ -391,33 +406,30 @@ def test_readers_never_see_a_partial_shard_while_the_writer_is_killed(tmp_path):
             except Exception as e:  # noqa: BLE001 - an unreadable file is exactly what must not happen
                 problems.append(f"{type(e).__name__}: {e}")
 
-    def writer() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(ROWS_PER_SHARD), str(N_SHARDS)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    def writer(stall: int = -1) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(ROWS_PER_SHARD), str(N_SHARDS),
+                                 str(stall)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
     partial = []
     try:
-        kills = attempts = 0
-        while kills < 3:  # three kills that land inside a write
-            attempts += 1
-            assert attempts <= 10, "the writer always finished before the kill landed"
+        for _ in range(3):  # three kills, each inside a write
             target = len(store.committed_shards(out, "atom")) + 1  # let one shard commit, kill inside the next
-            proc = writer()
+            proc = writer(stall=target)
             deadline = time.monotonic() + 120
             tmp = []
             while not tmp and proc.poll() is None and time.monotonic() < deadline:
-                # the first byte of the target shard's generations file on disk, under any name
-                tmp = list(gen_dir.glob(f"*shard-{target:05d}.parquet*")) if gen_dir.exists() else []
+                # half of the target shard's generations file on disk, under its temporary name
+                tmp = [p for p in gen_dir.glob(f".shard-{target:05d}.parquet.tmp-*") if p.stat().st_size > 0] \
+                    if gen_dir.exists() else []
+                time.sleep(0.01)
+            time.sleep(0.2)  # the reader polls while the writer sits half way through the file
             kill_group(proc)  # SIGKILL: no finally block, no cleanup runs in the writer
             assert proc.returncode == -9 and tmp, proc.stderr.read().decode()[-2000:]
-            if target in store.committed_shards(out, "atom"):
-                # on a busy machine the rename can beat the kill: then it must be the whole file
-                assert pq.read_table(store.shard_path(out, "generations", "atom", target)).num_rows == ROWS_PER_SHARD
-                continue
-            kills += 1
-            partial += [p for p in tmp if p.exists()]
+            assert target not in store.committed_shards(out, "atom")
+            partial += tmp
         proc = writer()
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
         time.sleep(0.3)  # one more poll after the end
