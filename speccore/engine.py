@@ -16,6 +16,7 @@ import torch
 
 from . import sampling as smp
 from .decoder import CachedLM
+from .lookahead import CostAware, batch_k
 from .prompts import encode_row
 from .rows import Row
 from .verify import Draft, verify_row
@@ -237,11 +238,18 @@ class Engine:
                 proposer = self._fall_back(batch, e)
         while active:
             B = len(active)
-            ks, decisions = [], []
+            ks, decisions, rooms = [], [], []
             for st in active:
-                room = st.max_new - len(st.out_ids) - 1  # the bonus token always comes on top
-                ks.append(max(0, min(st.policy.propose_k(), room)))
-                decisions.append(json.dumps(st.policy.decision(), default=float, separators=(",", ":")))
+                room = max(0, st.max_new - len(st.out_ids) - 1)  # the bonus token always comes on top
+                rooms.append(room)
+                ks.append(min(st.policy.propose_k(), room))
+                decisions.append(st.policy.decision())
+            if B > 1 and self._learn_costs and all(isinstance(st.policy, CostAware) for st in active):
+                # one verify forward for the batch: decide its width for the batch (greedy or exact-match
+                # rows only, where k cannot change any output, so results still never depend on the batch)
+                ks = batch_k([st.policy for st in active], ks, rooms, self.policy_factory.cost_model)
+                decisions = [{**d, "batch_k": k} for d, k in zip(decisions, ks)]
+            decisions = [json.dumps(d, default=float, separators=(",", ":")) for d in decisions]
             t0 = time.perf_counter()
             drafts = [Draft(ids=[]) for _ in active]
             if proposer is not None and any(ks):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime
 __all__ = [
     "LookaheadPolicy", "Constant", "Heuristic", "ConfidenceStop", "CostModel", "CostAware",
     "Oracle", "expected_tokens", "oracle_k", "oracle_speedup", "policy_speedup",
-    "fraction_of_oracle", "make_policy", "POLICY_NAMES",
+    "fraction_of_oracle", "make_policy", "POLICY_NAMES", "batch_k",
 ]
 
 
@@ -316,6 +316,29 @@ class CostAware(_Policy):
             self._n = self.decay * self._n + trials
         if self.learn_costs:
             self.cost_model.update(drafted, draft_s, verify_s)
+
+
+def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Sequence[int],
+            cost_model: CostModel) -> list[int]:
+    """One lookahead for a batch of cost-aware rows that verify in one target forward.
+
+    A batched step costs its widest draft: K drafter forwards and v(K) for the verify, whatever the
+    other rows draft. So rows deciding alone over-draft (one row's k makes every row pay for it) and
+    under-use the width (a row drafting less than K gains nothing by it). Instead: the K in 0..k_max
+    that maximises the batch's expected tokens, sum over rows of E(alpha_row, min(K, room_row)), per
+    step cost K*c + v(K) (K = 0: one token per row for cost 1); every row then drafts K. When K = 0,
+    only rows whose own policy chose a probe draft (so that plain rows still learn alpha).
+    `rooms`: tokens each row may still draft (its budget less the bonus token).
+    """
+    kmax = max(p.k_max for p in policies)
+
+    def tokens_per_cost(k: int) -> float:
+        return sum(expected_tokens(p.alpha, min(k, r)) for p, r in zip(policies, rooms)) / cost_model.step_cost(k)
+
+    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k), -k))
+    if best == 0:
+        return [k if p.decision().get("reason") == "probe" else 0 for p, k in zip(policies, proposed)]
+    return [min(best, r) for r in rooms]
 
 
 # ---------------------------------------------------------------------------------------------

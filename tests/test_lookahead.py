@@ -7,7 +7,7 @@ import pytest
 
 from speccore.lookahead import (
     ConfidenceStop, Constant, CostAware, CostModel, Heuristic, LookaheadPolicy, Oracle,
-    expected_tokens, fraction_of_oracle, make_policy, oracle_k, oracle_speedup, policy_speedup,
+    batch_k, expected_tokens, fraction_of_oracle, make_policy, oracle_k, oracle_speedup, policy_speedup,
 )
 
 
@@ -392,3 +392,39 @@ def test_cost_aware_simulated_throughput(label, cm, alpha, capsys):
               f"{r[best_k]:.3f} ({frac_best:.3f})  oracle {r['oracle']:.3f} ({frac_oracle:.3f})")
     assert r["oracle"] >= r[best_k]
     assert frac_best >= 0.93
+
+
+# ------------------------------------------------------------------ batch_k
+
+BATCH_COSTS = CostModel(c=0.2, v=lambda k: 1 + 0.2 * k)  # a step drafting K costs 0.2K + 1 + 0.2K
+
+
+def _rows(*alphas):
+    return [CostAware(k_max=4, cost_model=BATCH_COSTS, **strong(a)) for a in alphas]
+
+
+def test_batch_k_one_width_for_the_batch():
+    # alpha 0.9 twice: tokens per cost 2E(0.9, K) / (1 + 0.4K): K=3 2*3.439/2.2 = 3.126, K=4 2*4.0951/2.6 = 3.150
+    rows = _rows(0.9, 0.9)
+    assert batch_k(rows, [p.propose_k() for p in rows], [16, 16], BATCH_COSTS) == [4, 4]
+    # a sure row and an unsure one: alone they would draft 4 and probe 3 (the batch pays K=4 for both);
+    # together K=1: (1.9 + 1.05) / 1.4 = 2.107 beats plain 2 / 1 and K=2: (2.71 + 1.0525) / 1.8 = 2.090
+    rows = _rows(0.9, 0.05)
+    proposed = [p.propose_k() for p in rows]
+    assert proposed == [4, 3] and batch_k(rows, proposed, [16, 16], BATCH_COSTS) == [1, 1]
+    # a row near its budget: K=2: (2.71 + 2.71) / 1.8 = 3.011 beats K=3: (2.71 + 3.439) / 2.2 = 2.795
+    rows = _rows(0.9, 0.9)
+    assert batch_k(rows, [4, 4], [2, 16], BATCH_COSTS) == [2, 2]
+
+
+def test_batch_k_goes_plain_but_lets_probes_through():
+    rows = _rows(0.9, 0.05, 0.05, 0.05)
+    proposed = [p.propose_k() for p in rows]  # the unsure rows probe at once (gap 0)
+    assert proposed == [4, 3, 3, 3]
+    # plain 4 / 1 beats K=1: (1.9 + 3 * 1.05) / 1.4 = 3.607: only the probes draft
+    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [0, 3, 3, 3]
+    for p in rows[1:]:
+        p.observe(k=3, drafted=3, accepted=0, draft_s=0.0, verify_s=0.0)  # rejected probe: back off
+    proposed = [p.propose_k() for p in rows]
+    assert proposed == [4, 0, 0, 0]  # alone, the sure row would make the whole batch pay v(4)
+    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [0, 0, 0, 0]
