@@ -1,6 +1,7 @@
 """Shared fixtures. Keep each one small; add new ones below."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,3 +49,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    """A small JSONL of prompts for tiny-model runs, with one bad (empty) row in the middle."""
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    lines = [json.dumps({"id": f"p{i}", "prompt": p}) for i, p in enumerate([
+        "def add(a, b):", "The cat", "import os\n", "x = 1\ny = 2\nz =", "for i in range(3):",
+        "class A:\n    def f(self):", "hello hello hello", "# mean\ndef mean(v):", "print(",
+    ])]
+    lines.insert(4, json.dumps({"id": "bad", "prompt": ""}))  # a bad row mid-file
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -13,7 +13,7 @@ import pytest
 
 from speccore import analytics
 from tests.killing import ROOT, kill_group
-from tests.test_flow import overrides, prompts  # noqa: F401 - prompts is a fixture
+from tests.test_flow import overrides
 
 
 def free_port() -> int:

@@ -17,18 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMING = {"wall_s", "draft_s", "verify_s", "batch"}
 
 
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    lines = [json.dumps({"id": f"p{i}", "prompt": p}) for i, p in enumerate([
-        "def add(a, b):", "The cat", "import os\n", "x = 1\ny = 2\nz =", "for i in range(3):",
-        "class A:\n    def f(self):", "hello hello hello", "# mean\ndef mean(v):", "print(",
-    ])]
-    lines.insert(4, json.dumps({"id": "bad", "prompt": ""}))  # a bad row mid-file
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def overrides(tiny_zoo, prompts, out, *extra) -> list[str]:
     """The Hydra overrides of a tiny greedy fp64 run (also usable on the flow's command line)."""
     return [

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from speccore import analytics, store
 from tests.killing import flow_command, prefect_env, run_until_held
-from tests.test_flow import config, overrides, prompts  # noqa: F401 - prompts is a fixture
+from tests.test_flow import config, overrides
 
 TIMING = {"wall_s", "draft_s", "verify_s", "batch", "draft_ms", "verify_ms", "batch_size"}
 

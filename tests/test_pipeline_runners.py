@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_flow import config, prompts, rows_of  # noqa: F401 - prompts is a fixture
+from tests.test_flow import config, rows_of
 
 pytest.importorskip("prefect_dask")
 pytest.importorskip("prefect_ray")

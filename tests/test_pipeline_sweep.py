@@ -6,7 +6,7 @@ import subprocess
 
 from speccore import analytics
 from tests.killing import ROOT, flow_command, prefect_env
-from tests.test_flow import overrides, prompts  # noqa: F401 - prompts is a fixture
+from tests.test_flow import overrides
 
 
 def test_multirun_two_drafters_by_two_policies_gives_four_runs(prefect, tiny_zoo, prompts, tmp_path):  # noqa: F811
