@@ -87,9 +87,9 @@ def _release_file_pages(t: torch.Tensor, mappings: list[tuple[int, int]]) -> Non
 
     Loading mmaps the safetensors file; packing reads every weight, so without this each one stays
     resident (counted in RSS) beside its packed copy until the whole file is unmapped, and peak memory
-    doubles. MADV_DONTNEED on a private file mapping only drops clean pages (a later read faults them
-    back in from the file), so it is safe even if something still refers to the tensor. Anonymous
-    memory is never touched.
+    doubles. After MADV_DONTNEED on a file mapping, a later read faults the file's bytes back in (a page
+    of a private mapping that was modified in memory would read as the file again); the packed copy
+    is already made and nothing reads the dense weight again. Anonymous memory is never touched.
     """
     start = t.data_ptr()
     end = start + t.numel() * t.element_size()

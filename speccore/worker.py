@@ -34,7 +34,7 @@ def get_model(ref: str, dtype: str, device: str, trust_remote_code: bool = False
         if key not in _MODELS:
             t = time.perf_counter()
             _MODELS[key] = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                          prepack=prepack)
+                                      prepack=prepack)
             log.info("loaded %s (%s, %s) in %.1fs", ref, dtype, device, time.perf_counter() - t)
     return _MODELS[key]
 
