@@ -248,7 +248,7 @@ class Engine:
                 # one verify forward for the batch: decide its width for the batch (greedy or exact-match
                 # rows only, where k cannot change any output, so results still never depend on the batch)
                 ks = batch_k([st.policy for st in active], ks, rooms, self.policy_factory.cost_model)
-                decisions = [{**d, "batch_k": k} for d, k in zip(decisions, ks)]
+                decisions = [{**st.policy.decision(), "batch_k": k} for st, k in zip(active, ks)]
             decisions = [json.dumps(d, default=float, separators=(",", ":")) for d in decisions]
             t0 = time.perf_counter()
             drafts = [Draft(ids=[]) for _ in active]

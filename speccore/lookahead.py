@@ -294,9 +294,13 @@ class CostAware(_Policy):
         # ~1 token at alpha ~ 0 (3 plain steps with the CPU costs): a fixed gap of 8 loses ~15%
         # there, the backoff ~3%; in exchange the row notices within probe_max plain steps when
         # its text turns predictable (code, copies from the prompt).
+        # When no k pays even if every draft token were accepted (a drafter as slow as the target, a
+        # verify as dear as k plain steps), alpha cannot matter: probe only to re-measure the costs,
+        # with k = 1 (the cheapest probe) once per probe_max plain steps.
         if k == 0 and self.k_max > 0:
-            if self._plain_run >= self._gap:
-                k, reason, self._plain_run = self.probe_k, "probe", 0
+            payable = self.can_pay()
+            if self._plain_run >= (self._gap if payable else self.probe_max):
+                k, reason, self._plain_run = (self.probe_k if payable else 1), "probe", 0
             else:
                 self._plain_run += 1
         elif k > 0:
@@ -305,6 +309,18 @@ class CostAware(_Policy):
                           "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
                           "tokens_per_cost": scores[k], "argmax_k": best}
         return k
+
+    def can_pay(self) -> bool:
+        """Whether some k would beat plain decoding at alpha = 1, at the current costs."""
+        cm = self.cost_model
+        return any(k + 1 > cm.step_cost(k) for k in range(1, self.k_max + 1))
+
+    def join_probe(self, k: int) -> None:
+        """The batch verifies a probe of width k anyway: this row drafts it too and counts it as its
+        own probe, so the rows of a batch share one probe schedule instead of each making the whole
+        batch pay for its own."""
+        self._plain_run = 0
+        self._decision = {**self._decision, "k": k, "reason": "probe", "joined": True}
 
     def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
         if drafted > 0:
@@ -326,8 +342,10 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     other rows draft. So rows deciding alone over-draft (one row's k makes every row pay for it) and
     under-use the width (a row drafting less than K gains nothing by it). Instead: the K in 0..k_max
     that maximises the batch's expected tokens, sum over rows of E(alpha_row, min(K, room_row)), per
-    step cost K*c + v(K) (K = 0: one token per row for cost 1); every row then drafts K. When K = 0,
-    only rows whose own policy chose a probe draft (so that plain rows still learn alpha).
+    step cost K*c + v(K) (K = 0: one token per row for cost 1); every row then drafts K. When K = 0
+    and some row's own policy chose a probe (so that plain rows still learn alpha), the batch pays
+    that probe's width whoever drafts: every row joins it (`CostAware.join_probe`), learns from it,
+    and restarts its probe schedule with the others.
     `rooms`: tokens each row may still draft (its budget less the bonus token).
     """
     kmax = max(p.k_max for p in policies)
@@ -337,7 +355,13 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
 
     best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k), -k))
     if best == 0:
-        return [k if p.decision().get("reason") == "probe" else 0 for p, k in zip(policies, proposed)]
+        probes = [k for p, k in zip(policies, proposed) if k and p.decision().get("reason") == "probe"]
+        if not probes:
+            return [0] * len(policies)
+        best = max(probes)
+        for p, k in zip(policies, proposed):
+            if not (k and p.decision().get("reason") == "probe"):
+                p.join_probe(best)
     return [min(best, r) for r in rooms]
 
 

@@ -417,14 +417,46 @@ def test_batch_k_one_width_for_the_batch():
     assert batch_k(rows, [4, 4], [2, 16], BATCH_COSTS) == [2, 2]
 
 
-def test_batch_k_goes_plain_but_lets_probes_through():
+def test_batch_k_goes_plain_and_the_batch_probes_together():
     rows = _rows(0.9, 0.05, 0.05, 0.05)
     proposed = [p.propose_k() for p in rows]  # the unsure rows probe at once (gap 0)
     assert proposed == [4, 3, 3, 3]
-    # plain 4 / 1 beats K=1: (1.9 + 3 * 1.05) / 1.4 = 3.607: only the probes draft
-    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [0, 3, 3, 3]
-    for p in rows[1:]:
+    # plain 4 / 1 beats K=1: (1.9 + 3 * 1.05) / 1.4 = 3.607: K = 0, but the batch verifies the probes'
+    # width anyway, so the sure row joins the probe (and restarts its schedule with the others)
+    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [3, 3, 3, 3]
+    assert [p.decision()["reason"] for p in rows] == ["probe"] * 4 and rows[0].decision()["joined"]
+    for p in rows:
         p.observe(k=3, drafted=3, accepted=0, draft_s=0.0, verify_s=0.0)  # rejected probe: back off
     proposed = [p.propose_k() for p in rows]
     assert proposed == [4, 0, 0, 0]  # alone, the sure row would make the whole batch pay v(4)
     assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [0, 0, 0, 0]
+
+
+def test_batch_of_plain_rows_probes_once_per_schedule_not_once_per_row():
+    # 8 rows whose drafter is useless: alone each probes on its own clock; in a batch they share one,
+    # so the batch pays about as many probes as one row would (not 8x as many)
+    rows = [CostAware(k_max=4, cost_model=BATCH_COSTS, probe_every=4, probe_max=16, **strong(0.01))
+            for _ in range(8)]
+    single = CostAware(k_max=4, cost_model=BATCH_COSTS, probe_every=4, probe_max=16, **strong(0.01))
+    batch_probes = single_probes = 0
+    for step in range(100):
+        proposed = [p.propose_k() for p in rows]
+        ks = batch_k(rows, proposed, [16] * 8, BATCH_COSTS)
+        batch_probes += any(ks)
+        for p, k in zip(rows, ks):
+            p.observe(k=k, drafted=k, accepted=0, draft_s=0.0, verify_s=0.0)
+        k1 = single.propose_k()
+        single_probes += bool(k1)
+        single.observe(k=k1, drafted=k1, accepted=0, draft_s=0.0, verify_s=0.0)
+    assert batch_probes == single_probes == 8  # at steps 0, 5, 14, 31, 48, 65, 82, 99
+
+
+def test_cost_aware_never_probes_hard_where_no_alpha_can_pay():
+    # a drafter as slow as the target: even alpha = 1 gives (k+1) / (k + v(k)) < 1 for every k
+    dear = CostModel(c=1.0, v=lambda k: 1.0 + 0.1 * k)
+    p = CostAware(k_max=8, cost_model=dear, probe_every=4, probe_max=32, **strong(0.99))
+    assert not p.can_pay()
+    ks = drive(p, [99] * 100)  # every probe fully accepted: still no alpha can make drafting pay
+    assert ks == ([0] * 32 + [1]) * 3 + [0]  # only to re-measure the costs, at k = 1, every probe_max steps
+    cheap = CostAware(k_max=8, cost_model=CostModel(c=0.2, v=lambda k: 1.0 + 0.1 * k), **strong(0.01))
+    assert cheap.can_pay() and drive(cheap, [0])[0] == cheap.probe_k
