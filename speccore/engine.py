@@ -221,8 +221,9 @@ class Engine:
                                   n_prompt_tokens=len(st.prompt_ids), batch=st.batch)
         target = CachedLM(self.target.model, len(batch))
         last = target.forward([st.prompt_ids for st in batch], last_only=True)  # [B, V]
+        top = self._argmax(batch, last[:, None])
         for b, st in enumerate(batch):
-            tok = verify_row(last[b][None], Draft(ids=[]), st.params, st.gen)[1][0]
+            tok = verify_row(last[b][None], Draft(ids=[]), st.params, st.gen, top[b])[1][0]
             self._emit(st, tok)
         verify_s0 = time.perf_counter() - t_start
         for st in batch:
@@ -261,9 +262,11 @@ class Engine:
             t1 = time.perf_counter()
             logits = target.forward([[st.out_ids[-1]] + d.ids for st, d in zip(active, drafts)])  # [B, K+1, V]
             accepted = []
+            top = self._argmax(active, logits)
             for b, (st, d) in enumerate(zip(active, drafts)):
                 n = len(d.ids)
-                a, new = verify_row(logits[b, : n + 1], d, st.params, st.gen)
+                a, new = verify_row(logits[b, : n + 1], d, st.params, st.gen,
+                                    top[b][: n + 1] if top[b] is not None else None)
                 accepted.append(a)
                 for tok in new:
                     if st.finish is None:
@@ -300,6 +303,15 @@ class Engine:
                 active = [active[b] for b in keep]
         for st in batch:
             self._finish(st)
+
+    @staticmethod
+    def _argmax(states: list[RowState], logits: torch.Tensor) -> list[list[int] | None]:
+        """The greedy rows' argmax at every position [B, n], in one pass and one device sync."""
+        greedy = [st.params.greedy for st in states]
+        if not any(greedy):
+            return [None] * len(states)
+        top = logits.argmax(-1).tolist()
+        return [t if g else None for t, g in zip(top, greedy)]
 
     # ---- drafter faults ----------------------------------------------------------------------
     @staticmethod

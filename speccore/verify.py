@@ -25,12 +25,16 @@ class Draft:
 
 
 def verify_row(logits: torch.Tensor, draft: Draft, params: smp.SamplingParams,
-               gen: torch.Generator) -> tuple[int, list[int]]:
-    """logits [n+1, V] for positions after [pending, d1..dn]; return (accepted, tokens to emit)."""
+               gen: torch.Generator, argmax: list[int] | None = None) -> tuple[int, list[int]]:
+    """logits [n+1, V] for positions after [pending, d1..dn]; return (accepted, tokens to emit).
+
+    `argmax`: the target's argmax at those positions when the caller has it already (a batch computes
+    it in one pass and one device sync, instead of one per row); greedy rows then skip the logits.
+    """
     d = draft.ids
     n = len(d)
     if params.greedy:
-        g = logits[: n + 1].argmax(-1).tolist()  # [n+1]
+        g = argmax if argmax is not None else logits[: n + 1].argmax(-1).tolist()  # [n+1]
         a = 0
         while a < n and d[a] == g[a]:
             a += 1
