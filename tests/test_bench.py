@@ -46,3 +46,27 @@ def test_bench_end_to_end(tiny_zoo, tmp_path):
     mem = res["memory"]
     assert mem["peak_rss_bytes"] > 0 and mem["param_bytes_total"] > 0 and "meets_goal" in mem
     assert out.with_suffix(".md").read_text().startswith("# speccore benchmark")
+
+
+def test_gpu_bench_harness_on_cpu(tmp_path):
+    """bench/gpu.py's own logic (random-weight shapes shrunk by --tiny, run on the CPU): the controlled
+    proposer's acceptance follows alpha, every speculative row equals the AR reference, and the report
+    carries every batch size."""
+    from bench.gpu import main as gpu_main
+
+    out = tmp_path / "gpu"
+    res = gpu_main(["--device", "cpu", "--tiny", "--batch-sizes", "1,3", "--ks", "0,2", "--reps", "1",
+                    "--alphas", "0.0,1.0", "--max-new-tokens", "12", "--out", str(out)])
+    assert [r["batch_size"] for r in res["verify"]] == [1, 3] and res["verify"][0]["v"][0] == 1.0
+    assert [r["batch_size"] for r in res["engine"]] == [1, 3]
+    for r in res["engine"]:
+        assert r["hf_equals_speccore_ar"] == r["batch_size"]  # fp32 greedy: transformers agrees
+        specs = {(s["proposer"], s["alpha"], s["policy"]): s for s in r["spec"]}
+        assert len(specs) == 8
+        for s in specs.values():
+            assert s["identical_rows"] == r["batch_size"], s
+        for kind in ("drafter", "free"):
+            assert specs[(kind, 1.0, "constant-4")]["acceptance_rate"] == 1.0
+            assert specs[(kind, 0.0, "constant-4")]["acceptance_rate"] == 0.0
+    assert json.loads((tmp_path / "gpu.json").read_text())["meta"]["tiny"] is True
+    assert "| 3 |" in (tmp_path / "gpu.md").read_text()
