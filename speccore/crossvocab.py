@@ -208,7 +208,7 @@ class TliProposer(CrossVocabProposer):
         q = None
         if toks and qs[0] is not None:
             qd = torch.stack(qs)  # [k, V_d] drafter probabilities on the shared tokens
-            q = torch.zeros(len(toks), self.V, dtype=qd.dtype)
+            q = torch.zeros(len(toks), self.V, dtype=qd.dtype, device=qd.device)
             q[:, self.map.target_ids] = qd[:, self.map.drafter_ids]  # [k, V_t]
         # The drafter view must stay aligned: TLI drafts are whole shared tokens, so the output bytes of an
         # accepted prefix are exactly the drafter tokens' bytes, and the next sync keeps them cached.

@@ -66,7 +66,12 @@ def probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 
 
 def sample(dist: torch.Tensor, gen: torch.Generator) -> int:
-    """Draw one id from a 1-D distribution by inverse CDF with one uniform from the row's generator."""
+    """Draw one id from a 1-D distribution by inverse CDF with one uniform from the row's generator.
+
+    The draw runs on the CPU, where the generator lives: the same distribution gives the same id
+    whichever device computed it (a GPU's parallel cumsum rounds differently).
+    """
+    dist = dist.to("cpu", torch.float64)
     u = uniform(gen)
     cdf = dist.cumsum(0)
     idx = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=cdf.dtype)))

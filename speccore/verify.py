@@ -46,7 +46,7 @@ def verify_row(logits: torch.Tensor, draft: Draft, params: smp.SamplingParams,
             if x != d[i]:
                 return i, d[:i] + [x]
         return n, d + [smp.sample(p[n], gen)]
-    q = draft.q.to(p.dtype)  # [n, V]
+    q = draft.q.to(p.device, p.dtype)  # [n, V]
     for i in range(n):
         pi, qi = float(p[i, d[i]]), float(q[i, d[i]])
         u = smp.uniform(gen)

@@ -9,7 +9,7 @@ from speccore.engine import Engine
 from speccore.models import load_model
 from speccore.rows import make_row
 from speccore.speculate import make_proposer
-from tests.tiny import target_greedy
+from tests.tiny import DEVICE, target_greedy
 
 PROMPTS = [
     "def add(a, b):",
@@ -28,7 +28,7 @@ CONF = "conf"
 
 @pytest.fixture(scope="module")
 def target(tiny_zoo):
-    return load_model(str(tiny_zoo["target-llama-g"]), dtype="float64")
+    return load_model(str(tiny_zoo["target-llama-g"]), dtype="float64", device=DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def engine_for(target, tiny_zoo, drafter: str | None, policy: str, batch_size: i
     cfg = compose(ov, config_dir=CONF)
     if drafter is None:
         return Engine(target, sampling=cfg.sampling, batch_size=batch_size), cfg
-    dr = load_model(str(tiny_zoo[drafter]), dtype="float64") if drafter != "ngram" else None
+    dr = load_model(str(tiny_zoo[drafter]), dtype="float64", device=DEVICE) if drafter != "ngram" else None
     proposer, factory, algo = make_proposer(cfg, target, dr)
     return Engine(target, proposer=proposer, policy_factory=factory, sampling=cfg.sampling,
                   batch_size=batch_size, algorithm=algo), cfg

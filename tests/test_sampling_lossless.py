@@ -33,6 +33,7 @@ from speccore.prompts import encode_row
 from speccore.rows import make_row
 from speccore.speculate import make_proposer
 from tests.test_verify import assert_shrinks, tv_curve
+from tests.tiny import DEVICE
 
 CONF = "conf"
 PROMPT = "The cat sat on the mat, and the dog sat on the"  # repeats words: prompt lookup drafts too
@@ -56,7 +57,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def target(tiny_zoo):
-    return load_model(str(tiny_zoo["target-llama-g"]), dtype="float64")
+    return load_model(str(tiny_zoo["target-llama-g"]), dtype="float64", device=DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def build(target, tiny_zoo):
         if drafter is None:
             return Engine(target, sampling=cfg.sampling, batch_size=batch_size, run_seed=run_seed)
         if drafter != "ngram" and drafter not in drafters:
-            drafters[drafter] = load_model(str(tiny_zoo[drafter]), dtype="float64")
+            drafters[drafter] = load_model(str(tiny_zoo[drafter]), dtype="float64", device=DEVICE)
         proposer, factory, algo = make_proposer(cfg, target, drafters.get(drafter))
         return Engine(target, proposer=proposer, policy_factory=factory, sampling=cfg.sampling,
                       batch_size=batch_size, run_seed=run_seed, algorithm=algo)
@@ -95,13 +96,15 @@ def next_probs(model, prompt: list[int], conts: torch.Tensor, params, chunk: int
     out = []
     with torch.no_grad():
         for c in range(0, len(conts), chunk):
-            x = conts[c : c + chunk]
+            dev = model.device  # the law is computed where the model lives, and kept on the CPU
+            x = conts[c : c + chunk].to(dev)
             B = len(x)
-            cache = model(input_ids=torch.tensor([prompt]), use_cache=True).past_key_values
+            cache = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True).past_key_values
             cache.batch_repeat_interleave(B)
-            logits = model(input_ids=x, past_key_values=cache, position_ids=torch.arange(T, T + m).expand(B, m),
-                           attention_mask=torch.ones(B, T + m, dtype=torch.long)).logits[:, -1]  # [B, V]
-            out.append(smp.probs(logits, params))
+            logits = model(input_ids=x, past_key_values=cache,
+                           position_ids=torch.arange(T, T + m, device=dev).expand(B, m),
+                           attention_mask=torch.ones(B, T + m, dtype=torch.long, device=dev)).logits[:, -1]  # [B, V]
+            out.append(smp.probs(logits, params).cpu())
     return torch.cat(out)
 
 
@@ -109,7 +112,7 @@ def next_probs(model, prompt: list[int], conts: torch.Tensor, params, chunk: int
 def _exact_law(model, prompt: tuple[int, ...], eos: tuple[int, ...], params):
     prompt = list(prompt)
     with torch.no_grad():
-        p1 = smp.probs(model(input_ids=torch.tensor([prompt])).logits[0, -1], params)  # [V]
+        p1 = smp.probs(model(input_ids=torch.tensor([prompt], device=model.device)).logits[0, -1], params).cpu()  # [V]
     V = p1.shape[0]
     END = V
     live1 = torch.ones(V, dtype=torch.bool)
@@ -147,7 +150,7 @@ def assert_q_is_the_drafting_law(drafts, V: int) -> None:
     mean 0, variance sum_i q_i(x) (1 - q_i(x)). A q that is not renormalised over the shared vocabulary
     (TLI), that skips top-k/top-p, or that belongs to another position shows up as |z| >> 6."""
     ids = torch.tensor([t for d in drafts for t in d.ids])  # [M]
-    Q = torch.cat([d.q.to(torch.float64) for d in drafts])  # [M, V]
+    Q = torch.cat([d.q.to("cpu", torch.float64) for d in drafts])  # [M, V]
     assert Q.shape == (len(ids), V)
     torch.testing.assert_close(Q.sum(-1), torch.ones(len(ids), dtype=torch.float64))
     assert bool((Q[torch.arange(len(ids)), ids] > 0).all())

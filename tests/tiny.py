@@ -247,6 +247,10 @@ t = s.encode("utf-8")
 u = t.decode("utf-8")
 '''
 
+# Where the exactness tests run the tiny models: SPECCORE_TEST_DEVICE=cuda runs them on a GPU (the
+# reference stays transformers' own generate on the CPU), so the engine's device path is tested too.
+DEVICE = os.environ.get("SPECCORE_TEST_DEVICE", "cpu")
+
 ZOO_VERSION = 1  # bump when the recipe changes: build_zoo then rebuilds stale directories
 
 # --------------------------------------------------------------------------------------- tokenizers
