@@ -258,7 +258,7 @@ class CostAware(_Policy):
     def __init__(self, k_max: int = 16, cost_model: CostModel | None = None,
                  alpha_prior: float = 0.5, prior_strength: float = 2.0, decay: float = 0.95,
                  probe_every: int = 8, probe_max: int = 64, probe_k: int = 3,
-                 learn_costs: bool = True):
+                 learn_costs: bool = True, confidence_threshold: float | None = 0.4):
         if not 0.0 <= alpha_prior <= 1.0 or prior_strength <= 0 or not 0.0 < decay <= 1.0:
             raise ValueError("need alpha_prior in [0, 1], prior_strength > 0, decay in (0, 1]")
         self.k_max = int(k_max)
@@ -269,6 +269,16 @@ class CostAware(_Policy):
         # In a batch engine, rows share one step's timings: pass learn_costs=False there and call
         # cost_model.update once per step instead of once per row.
         self.learn_costs = learn_costs
+        # Acceptance comes in bursts (a copied line, boilerplate), which an i.i.d. alpha cannot see: it
+        # drafts a short k* where a whole run would have passed. So once the proposer is seen to report
+        # drafter confidences (a model's draft loop calls should_continue), a step that drafts at all
+        # proposes k_max and drafts past k* while the drafter's top probability stays >= the threshold.
+        # None: drafts stop at k*.
+        if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
+            raise ValueError(f"need confidence_threshold in [0, 1] or None, got {confidence_threshold}")
+        self.confidence_threshold = confidence_threshold
+        self._confidence_seen = False
+        self._floor: int | None = None  # this step's k*: past it, drafting goes on while confident
         self._s = 0.0  # discounted successes
         self._n = 0.0  # discounted trials
         # Consecutive k=0 steps, and how many of them before the next probe. The gap starts at 0:
@@ -294,21 +304,33 @@ class CostAware(_Policy):
         # ~1 token at alpha ~ 0 (3 plain steps with the CPU costs): a fixed gap of 8 loses ~15%
         # there, the backoff ~3%; in exchange the row notices within probe_max plain steps when
         # its text turns predictable (code, copies from the prompt).
-        # When no k pays even if every draft token were accepted (a drafter as slow as the target, a
-        # verify as dear as k plain steps), alpha cannot matter: probe only to re-measure the costs,
-        # with k = 1 (the cheapest probe) once per probe_max plain steps.
         if k == 0 and self.k_max > 0:
-            payable = self.can_pay()
-            if self._plain_run >= (self._gap if payable else self.probe_max):
-                k, reason, self._plain_run = (self.probe_k if payable else 1), "probe", 0
+            if self._plain_run >= self._gap:
+                k, reason, self._plain_run = self.probe_k, "probe", 0
             else:
                 self._plain_run += 1
         elif k > 0:
             self._plain_run, self._gap = 0, self.probe_every
+        self._floor = None
         self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
                           "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
                           "tokens_per_cost": scores[k], "argmax_k": best}
+        if reason == "argmax" and self.confidence_threshold is not None and self._confidence_seen \
+                and k < self.k_max:
+            self._floor, k = k, self.k_max
+            self._decision.update(k=k, reason="argmax+confidence", confidence_from=self._floor,
+                                  threshold=self.confidence_threshold)
         return k
+
+    def should_continue(self, i: int, drafter_top_prob: float) -> bool:
+        self._confidence_seen = True
+        return self._floor is None or i < self._floor or drafter_top_prob >= self.confidence_threshold
+
+    def join_batch(self, k: int) -> None:
+        """The batch drafts k for every row: this row drafts all of it, with no confidence stop (the
+        batch's verify is k wide whatever this row drafts)."""
+        self._floor = None
+        self._decision = {**self._decision, "k": k, "batch_k": k}
 
     def can_pay(self) -> bool:
         """Whether some k would beat plain decoding at alpha = 1, at the current costs."""
@@ -320,13 +342,20 @@ class CostAware(_Policy):
         own probe, so the rows of a batch share one probe schedule instead of each making the whole
         batch pay for its own."""
         self._plain_run = 0
+        self._floor = None
         self._decision = {**self._decision, "k": k, "reason": "probe", "joined": True}
 
     def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
         if drafted > 0:
             rejected = accepted < drafted
             if self._decision.get("reason") == "probe":
-                self._gap = min(max(2 * self._gap, self.probe_every), self.probe_max) if rejected else 0
+                # A fully accepted probe probes again at once, unless no alpha could make drafting pay at
+                # the current costs (a drafter as slow as the target): then it backs off like a rejection.
+                # The costs are never taken as final: the first draft of a row also pays the drafter's
+                # catch-up over the prompt, which inflates c, so a row that stopped probing for good
+                # could lock itself out of a drafter that does pay.
+                backoff = rejected or not self.can_pay()
+                self._gap = min(max(2 * self._gap, self.probe_every), self.probe_max) if backoff else 0
             trials = accepted + (1 if rejected else 0)
             self._s = self.decay * self._s + accepted
             self._n = self.decay * self._n + trials
@@ -362,6 +391,8 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
         for p, k in zip(policies, proposed):
             if not (k and p.decision().get("reason") == "probe"):
                 p.join_probe(best)
+    for p in policies:
+        p.join_batch(best)
     return [min(best, r) for r in rooms]
 
 

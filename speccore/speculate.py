@@ -28,7 +28,8 @@ def policy_factory(cfg: RunConfig):
     # One cost model per engine, fed once per batched step by the engine (rows of a step share its
     # timings, and the verify cost is set by the batch's longest draft, not by each row's own k).
     shared = CostModel()
-    factory = partial(make_policy, "cost", k_max=s.k_max, cost_model=shared, learn_costs=False)
+    factory = partial(make_policy, "cost", k_max=s.k_max, cost_model=shared, learn_costs=False,
+                      confidence_threshold=s.confidence_threshold)
     factory.cost_model = shared
     return factory
 

@@ -451,12 +451,42 @@ def test_batch_of_plain_rows_probes_once_per_schedule_not_once_per_row():
     assert batch_probes == single_probes == 8  # at steps 0, 5, 14, 31, 48, 65, 82, 99
 
 
-def test_cost_aware_never_probes_hard_where_no_alpha_can_pay():
+def test_cost_aware_backs_off_probing_where_no_alpha_can_pay():
     # a drafter as slow as the target: even alpha = 1 gives (k+1) / (k + v(k)) < 1 for every k
     dear = CostModel(c=1.0, v=lambda k: 1.0 + 0.1 * k)
     p = CostAware(k_max=8, cost_model=dear, probe_every=4, probe_max=32, **strong(0.99))
     assert not p.can_pay()
-    ks = drive(p, [99] * 100)  # every probe fully accepted: still no alpha can make drafting pay
-    assert ks == ([0] * 32 + [1]) * 3 + [0]  # only to re-measure the costs, at k = 1, every probe_max steps
-    cheap = CostAware(k_max=8, cost_model=CostModel(c=0.2, v=lambda k: 1.0 + 0.1 * k), **strong(0.01))
-    assert cheap.can_pay() and drive(cheap, [0])[0] == cheap.probe_k
+    ks = drive(p, [99] * 100)  # every probe fully accepted, yet the gap doubles as after a rejection
+    assert [i for i, k in enumerate(ks) if k] == [0, 5, 14, 31, 64, 97] and set(ks) == {0, p.probe_k}
+    cheap = CostAware(k_max=8, cost_model=CostModel(c=0.2, v=lambda k: 1.0 + 0.1 * k), probe_k=2, **strong(0.01))
+    assert cheap.can_pay() and drive(cheap, [2, 2, 0]) == [2, 2, 2]  # payable: a full accept probes again
+
+
+def test_cost_aware_drafts_past_its_k_while_the_drafter_is_confident():
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)
+    p = CostAware(k_max=12, cost_model=cm, confidence_threshold=0.4, **strong(0.6))
+    k_star = p.propose_k()
+    assert 0 < k_star < 12 and p.decision()["reason"] == "argmax"  # no confidence seen yet: k* only
+    assert p.should_continue(1, 0.01)  # within k*: no confidence stop
+    p.observe(k_star, k_star, 0, 0.0, 0.0)
+    assert p.propose_k() == 12
+    d = p.decision()
+    assert (d["reason"], d["confidence_from"], d["k"]) == ("argmax+confidence", k_star, 12)
+    assert all(p.should_continue(i, 0.01) for i in range(1, k_star))  # up to k*, always
+    assert not p.should_continue(k_star, 0.39) and p.should_continue(k_star, 0.4)  # past it, while confident
+    p.join_batch(5)  # in a batch the row drafts the batch's k, with no confidence stop
+    assert p.should_continue(k_star + 1, 0.01) and p.decision()["k"] == 5
+
+
+def test_cost_aware_without_confidence_stop_or_when_not_drafting_does_not_extend():
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)
+    off = CostAware(k_max=12, cost_model=cm, confidence_threshold=None, **strong(0.6))
+    off.should_continue(1, 0.9)
+    assert off.propose_k() == off.decision()["argmax_k"] < 12
+    plain = CostAware(k_max=12, cost_model=cm, probe_every=4, **strong(0.01))
+    plain.should_continue(1, 0.9)
+    assert plain.propose_k() == plain.probe_k  # a probe stays probe_k wide
+    plain.observe(plain.probe_k, plain.probe_k, 0, 0.0, 0.0)
+    assert plain.propose_k() == 0  # and plain stays plain
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        CostAware(confidence_threshold=1.5)

@@ -75,7 +75,7 @@ def test_logits_match_the_dense_path_and_dense_linears_switches_back(tiny_zoo):
             pass
 
 
-# Policies that draft whatever the wall clock says: the cost-aware policy stops drafting where the tiny
+# Policies that draft whatever the wall clock says: the cost-aware policy hardly drafts where the tiny
 # drafter costs as much as the tiny target (c ~ 1), and this test needs accepted drafts to mean anything.
 @pytest.mark.parametrize("drafter,policy", [("drafter-llama-g", "heuristic"), ("drafter-llama-m", "confidence")])
 def test_speculative_greedy_on_packed_models_equals_target_alone(tiny_zoo, drafter, policy):
