@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.bench import _now as now  # noqa: E402  (synchronises CUDA before reading the clock)
 from speccore.decoder import CachedLM  # noqa: E402
 from speccore.draft_model import draft_loop, feed_for, pick_from  # noqa: E402
 from speccore.engine import Engine  # noqa: E402
@@ -125,12 +126,6 @@ class Loaded:  # what the Engine reads of models.LoadedModel
     tokenizer: object
     eos_token_ids: tuple = ()  # none: every row runs to max_new_tokens, so every config does the same work
     context_length: int = 4096
-
-
-def now(device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 # ------------------------------------------------------------------------------------------ verify part
