@@ -120,6 +120,7 @@ class CrossVocabProposer:
         self.stop_ids = frozenset(drafter.eos_token_ids)
         self.lm: CachedLM | None = None
         self.views: list[_View] = []
+        self.catch_up_s: float | None = 0.0  # of the last propose (see draft_model.draft_loop)
 
     def _drafter_prompt(self, st) -> list[int]:
         tok = self.drafter.tokenizer
@@ -149,8 +150,8 @@ class CrossVocabProposer:
                 continue
             self._sync_view(self.views[b], st.out_ids)
             feeds.append(feed_for(self.lm, b, self.views[b].ids))
-        toks, qs, reasons = draft_loop(self.lm, feeds, ks, states, lambda b, lg: self.pick(states[b], lg),
-                                       self.stop_ids)
+        toks, qs, reasons, self.catch_up_s = draft_loop(
+            self.lm, feeds, ks, states, lambda b, lg: self.pick(states[b], lg), self.stop_ids)
         return [self.to_draft(states[b], self.views[b], toks[b], qs[b], reasons[b], ks[b]) for b in range(len(states))]
 
     def observe(self, states, accepted: list[int]) -> None:

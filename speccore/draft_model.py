@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import time
+
 import torch
 
 from . import sampling as smp
@@ -16,6 +18,10 @@ from .verify import Draft
 
 # pick(b, logits [V_d]) -> (drafter token or None to stop, q row or None, top probability)
 Pick = Callable[[int, torch.Tensor], tuple[int | None, torch.Tensor | None, float]]
+
+# A row's feed after a drafting step is at most 2 tokens (the last drafted token, never fed, and the bonus).
+# A longer one is a catch-up: over the prompt at a row's first draft, or over the tokens of plain steps.
+STEADY_FEED = 2
 
 
 def feed_for(lm: CachedLM, b: int, true_ids: list[int]) -> list[int]:
@@ -29,7 +35,12 @@ def feed_for(lm: CachedLM, b: int, true_ids: list[int]) -> list[int]:
 
 def draft_loop(lm: CachedLM, feeds: list[list[int]], ks: list[int], states, pick: Pick,
                stop_ids: frozenset[int] = frozenset()):
-    """Draft up to ks[b] drafter tokens for each row; returns (tokens, q rows, stop reasons) per row.
+    """Draft up to ks[b] drafter tokens for each row.
+
+    Returns (tokens, q rows, stop reasons) per row, and catch_up_s: the seconds the first forward spent
+    catching up over feeds longer than STEADY_FEED, beyond what a steady draft forward costs (0.0 when no
+    feed was that long; None when it was, but no later forward measured a steady one). A cost model must
+    not read a one-off catch-up (a whole prompt) as the cost of each drafted token.
 
     The last drafted token is not fed: it costs a forward and is only needed if it is accepted, in
     which case the next step's sync feeds it.
@@ -40,7 +51,10 @@ def draft_loop(lm: CachedLM, feeds: list[list[int]], ks: list[int], states, pick
     reasons = ["k"] * B
     live = [ks[b] > 0 and bool(feeds[b]) for b in range(B)]
     cur = [feeds[b] if live[b] else [] for b in range(B)]
+    long_feed = max(map(len, cur), default=0) > STEADY_FEED
+    times: list[float] = []
     while any(cur):
+        t = time.perf_counter()
         logits = lm.forward(cur, last_only=True)  # [B, V_d]
         nxt: list[list[int]] = [[] for _ in range(B)]
         for b in range(B):
@@ -62,7 +76,11 @@ def draft_loop(lm: CachedLM, feeds: list[list[int]], ks: list[int], states, pick
             else:
                 nxt[b] = [tok]
         cur = nxt
-    return toks, qs, reasons
+        times.append(time.perf_counter() - t)  # the picks synchronise, so this is the forward's time
+    catch_up_s: float | None = 0.0
+    if long_feed:
+        catch_up_s = max(0.0, times[0] - min(times[1:])) if len(times) > 1 else None
+    return toks, qs, reasons, catch_up_s
 
 
 def pick_from(logits: torch.Tensor, params: smp.SamplingParams, gen: torch.Generator,
@@ -85,6 +103,7 @@ class DraftModelProposer:
         self.V = target_vocab  # the target's logits width; drafter ids beyond it are never proposed
         self.stop_ids = frozenset(drafter.eos_token_ids)
         self.lm: CachedLM | None = None
+        self.catch_up_s: float | None = 0.0  # of the last propose (see draft_loop)
 
     def start(self, states) -> None:
         self.lm = CachedLM(self.drafter.model, len(states))
@@ -96,7 +115,7 @@ class DraftModelProposer:
             st = states[b]
             return pick_from(logits[: self.V], st.params, st.gen, greedy_draft=False)
 
-        toks, qs, reasons = draft_loop(self.lm, feeds, ks, states, pick, self.stop_ids)
+        toks, qs, reasons, self.catch_up_s = draft_loop(self.lm, feeds, ks, states, pick, self.stop_ids)
         drafts = []
         for b, st in enumerate(states):
             q = None

@@ -157,6 +157,10 @@ class CostModel:
     per-k verify seconds, draft seconds per drafted token, and the plain step time t1 (from k=0
     steps or `set_step_time`). Until t1 is measured, the prior curve anchors it (t1 ~ verify_s /
     v_prior(k)), so c is still learnt relative to the target while v stays the prior.
+
+    It also keeps the pair's acceptance (`observe_acceptance`, `pair_alpha`): a row's cost-aware policy
+    starts from it instead of a blind prior, so a new row does not go plain on its first rejection when the
+    pair is known to be good.
     """
 
     def __init__(self, c: float = DEFAULT_C,
@@ -174,6 +178,7 @@ class CostModel:
         self._t1: float | None = None  # seconds per plain step, measured
         self._verify_s: dict[int, float] = {}  # drafted -> EWMA verify seconds
         self._draft_tok_s: float | None = None  # EWMA draft seconds per drafted token
+        self._acc_s = self._acc_n = 0.0  # the pair's discounted accepted tokens and trials
 
     def _avg(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.ewma) * old + self.ewma * new
@@ -192,6 +197,17 @@ class CostModel:
         self._verify_s[drafted] = self._avg(self._verify_s.get(drafted), float(verify_s))
         if draft_s > 0:
             self._draft_tok_s = self._avg(self._draft_tok_s, draft_s / drafted)
+
+    def observe_acceptance(self, drafted: int, accepted: int, decay: float = 0.99) -> None:
+        """One row's step: `accepted` of `drafted` draft tokens kept (trials as in CostAware.observe)."""
+        if drafted > 0:
+            self._acc_s = decay * self._acc_s + accepted
+            self._acc_n = decay * self._acc_n + accepted + (1 if accepted < drafted else 0)
+
+    @property
+    def pair_alpha(self) -> float | None:
+        """The pair's per-token acceptance over the steps observed so far (None before any)."""
+        return self._acc_s / self._acc_n if self._acc_n > 0 else None
 
     def _anchor(self) -> float | None:
         """Seconds of one plain target step: measured, else implied by the prior v curve."""
@@ -234,7 +250,8 @@ class CostModel:
         return 1.0 if k == 0 else k * self.c + self.v(k)
 
     def snapshot(self) -> dict:
-        return {"c": self.c, "t1_s": self._t1, "v_measured": sorted(self._verify_s)}
+        return {"c": self.c, "t1_s": self._t1, "v_measured": sorted(self._verify_s),
+                "pair_alpha": self.pair_alpha}
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -249,17 +266,17 @@ class CostAware(_Policy):
     step, so it follows a row whose text changes (window ~ 1/(1 - decay) steps). A step with
     accepted < drafted is `accepted` successes then one failure; a fully accepted draft is
     `accepted` successes and no failure (what would come next is unknown). The prior
-    Beta(s*alpha_prior, s*(1-alpha_prior)), s = prior_strength, can carry a pair-level estimate
-    shared by the rows (pass the pair's acceptance rate as alpha_prior).
+    Beta(s*alpha_prior, s*(1-alpha_prior)), s = prior_strength, carries a pair-level estimate shared
+    by the rows: with alpha_prior=None it is the cost model's `pair_alpha` (0.5 until the pair has drafted).
     """
 
     name = "cost"
 
     def __init__(self, k_max: int = 16, cost_model: CostModel | None = None,
-                 alpha_prior: float = 0.5, prior_strength: float = 2.0, decay: float = 0.95,
+                 alpha_prior: float | None = None, prior_strength: float = 2.0, decay: float = 0.95,
                  probe_every: int = 8, probe_max: int = 64, probe_k: int = 3,
                  learn_costs: bool = True, confidence_threshold: float | None = 0.4):
-        if not 0.0 <= alpha_prior <= 1.0 or prior_strength <= 0 or not 0.0 < decay <= 1.0:
+        if alpha_prior is not None and not 0.0 <= alpha_prior <= 1.0 or prior_strength <= 0 or not 0.0 < decay <= 1.0:
             raise ValueError("need alpha_prior in [0, 1], prior_strength > 0, decay in (0, 1]")
         self.k_max = int(k_max)
         self.cost_model = cost_model if cost_model is not None else CostModel()
@@ -289,7 +306,11 @@ class CostAware(_Policy):
 
     @property
     def alpha(self) -> float:
-        a = self.prior_strength * self.alpha_prior + self._s
+        prior = self.alpha_prior
+        if prior is None:
+            pair = self.cost_model.pair_alpha
+            prior = 0.5 if pair is None else pair
+        a = self.prior_strength * prior + self._s
         return a / (self.prior_strength + self._n)
 
     def propose_k(self) -> int:
@@ -315,10 +336,12 @@ class CostAware(_Policy):
         self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
                           "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
                           "tokens_per_cost": scores[k], "argmax_k": best}
-        if reason == "argmax" and self.confidence_threshold is not None and self._confidence_seen \
+        # A probe extends too: it is how a plain row finds a burst, and the drafter's confidence finds its end.
+        if reason in ("argmax", "probe") and self.confidence_threshold is not None and self._confidence_seen \
                 and k < self.k_max:
             self._floor, k = k, self.k_max
-            self._decision.update(k=k, reason="argmax+confidence", confidence_from=self._floor,
+            self._decision.update(k=k, reason="argmax+confidence" if reason == "argmax" else reason,
+                                  confidence_from=self._floor,
                                   threshold=self.confidence_threshold)
         return k
 
@@ -361,6 +384,7 @@ class CostAware(_Policy):
             self._n = self.decay * self._n + trials
         if self.learn_costs:
             self.cost_model.update(drafted, draft_s, verify_s)
+            self.cost_model.observe_acceptance(drafted, accepted)
 
 
 def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Sequence[int],

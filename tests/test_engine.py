@@ -190,3 +190,61 @@ def test_cost_policy_under_sampling_does_not_follow_the_clock(target, tiny_zoo, 
         results, _ = eng.generate(rows())
         outs.append([r.output_ids for r in results])
     assert outs[0] == outs[1]
+
+
+def test_draft_loop_tells_a_catch_up_from_the_cost_of_drafting():
+    """The first forward of a draft may feed a whole prompt (a row's first draft, or the tokens of plain
+    steps): draft_loop reports its time beyond a steady forward, or None when nothing steady was timed."""
+    import time
+
+    import torch
+
+    from speccore.draft_model import draft_loop
+
+    class Lm:  # 40 ms per forward, and 10 ms more per fed token beyond 2
+        def forward(self, cur, last_only):
+            time.sleep(0.04 + 0.01 * max(0, max(map(len, cur)) - 2))
+            return torch.zeros(len(cur), 5)
+
+    class St:
+        class policy:
+            should_continue = staticmethod(lambda i, top: True)
+
+    def run(feeds, ks):
+        return draft_loop(Lm(), feeds, ks, [St()] * len(feeds), lambda b, lg: (1, None, 1.0))
+
+    toks, _, reasons, catch_up = run([[7] * 32, [7]], [3, 3])  # 30 tokens of catch-up, then 2 steady forwards
+    assert toks == [[1, 1, 1]] * 2 and reasons == ["k", "k"]
+    assert 0.2 < catch_up < 0.45
+    assert run([[7, 7], [7]], [3, 1])[3] == 0.0  # a steady feed: nothing to take out
+    assert run([[7] * 32], [1])[3] is None  # one forward, part catch-up, part draft: no steady time to compare
+
+
+def test_cost_model_learns_c_without_the_drafters_catch_up_and_the_pairs_acceptance(target, tiny_zoo,
+                                                                                   reference, monkeypatch):
+    """A cost-aware row's first draft and every probe feed the drafter a catch-up (its prompt, or the plain
+    steps' tokens). Learnt as a cost per drafted token, it made c look several times too dear, and new rows
+    went plain on a drafter that pays. The engine also keeps the pair's acceptance for new rows' prior."""
+    import time
+
+    from speccore.decoder import CachedLM
+
+    eng, _ = engine_for(target, tiny_zoo, "drafter-llama-g", "cost", 1)
+    drafter = eng.proposer.drafter.model
+    forward = CachedLM.forward
+
+    def slow_catch_up(self, new_ids, last_only=False):
+        if self.model is drafter and max(map(len, new_ids)) > 2:
+            time.sleep(0.3)
+        return forward(self, new_ids, last_only)
+
+    monkeypatch.setattr(CachedLM, "forward", slow_catch_up)
+    results, steps = eng.generate(rows())
+    assert {r.row_id: r.output_ids for r in results} == reference
+    cm = eng.policy_factory.cost_model
+    assert sum(s.drafted for s in steps) > 0 and cm.c * cm.snapshot()["t1_s"] < 0.05  # seconds per drafted token
+    s = n = 0.0
+    for st in steps:
+        if st.drafted:
+            s, n = 0.99 * s + st.accepted, 0.99 * n + st.accepted + (st.accepted < st.drafted)
+    assert cm.pair_alpha == pytest.approx(s / n)

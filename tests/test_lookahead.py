@@ -323,9 +323,11 @@ def test_make_policy_params_and_errors():
     assert make_policy("constant", k=7).propose_k() == 7
     cm = CostModel()
     a, b = make_policy("cost", cost_model=cm), make_policy("cost", cost_model=cm)
-    assert a.cost_model is b.cost_model  # costs shared, alpha per row
+    assert a.cost_model is b.cost_model  # costs and the pair's acceptance shared, each row's evidence its own
     a.observe(3, 3, 0, 0.0, 0.0)
-    assert a.alpha != b.alpha
+    b.observe(3, 3, 3, 0.0, 0.0)
+    assert cm.pair_alpha == pytest.approx(3 / 3.99)  # 0 of 3 (1 trial), decayed 0.99, then 3 of 3
+    assert a.alpha == pytest.approx(2 * 3 / 3.99 / 3) and b.alpha == pytest.approx((2 * 3 / 3.99 + 3) / 5)
     with pytest.raises(ValueError, match="analysis"):
         make_policy("oracle")
     with pytest.raises(ValueError, match="unknown"):
@@ -485,8 +487,11 @@ def test_cost_aware_without_confidence_stop_or_when_not_drafting_does_not_extend
     assert off.propose_k() == off.decision()["argmax_k"] < 12
     plain = CostAware(k_max=12, cost_model=cm, probe_every=4, **strong(0.01))
     plain.should_continue(1, 0.9)
-    assert plain.propose_k() == plain.probe_k  # a probe stays probe_k wide
-    plain.observe(plain.probe_k, plain.probe_k, 0, 0.0, 0.0)
-    assert plain.propose_k() == 0  # and plain stays plain
+    # a probe drafts probe_k, then goes on while the drafter is confident (how a plain row finds a burst)
+    assert plain.propose_k() == 12
+    assert (plain.decision()["reason"], plain.decision()["confidence_from"]) == ("probe", plain.probe_k)
+    assert plain.should_continue(plain.probe_k - 1, 0.01) and not plain.should_continue(plain.probe_k, 0.39)
+    plain.observe(12, plain.probe_k, 0, 0.0, 0.0)
+    assert plain.propose_k() == 0  # and plain stays plain (the rejected probe backs off)
     with pytest.raises(ValueError, match="confidence_threshold"):
         CostAware(confidence_threshold=1.5)
