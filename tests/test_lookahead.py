@@ -434,6 +434,16 @@ def test_batch_k_goes_plain_and_the_batch_probes_together():
     assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [0, 0, 0, 0]
 
 
+def test_batch_probes_at_the_probe_width_when_a_lone_probe_would_extend():
+    rows = [CostAware(k_max=12, cost_model=BATCH_COSTS, **strong(0.05)) for _ in range(4)]
+    for p in rows:
+        p.should_continue(1, 0.9)  # the drafter reports confidences: a lone probe would go on to k_max
+    proposed = [p.propose_k() for p in rows]
+    assert proposed == [12] * 4 and {p.decision()["cost_k"] for p in rows} == {3}
+    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [3] * 4  # the batch pays v(3), not v(12)
+    assert all(p.should_continue(3, 0.01) for p in rows)  # and every row drafts all of it
+
+
 def test_batch_of_plain_rows_probes_once_per_schedule_not_once_per_row():
     # 8 rows whose drafter is useless: alone each probes on its own clock; in a batch they share one,
     # so the batch pays about as many probes as one row would (not 8x as many)
@@ -464,7 +474,7 @@ def test_cost_aware_backs_off_probing_where_no_alpha_can_pay():
     assert cheap.can_pay() and drive(cheap, [2, 2, 0]) == [2, 2, 2]  # payable: a full accept probes again
 
 
-def test_cost_aware_drafts_past_its_k_while_the_drafter_is_confident():
+def test_cost_aware_decides_whether_to_draft_and_the_drafters_confidence_how_far():
     cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)
     p = CostAware(k_max=12, cost_model=cm, confidence_threshold=0.4, **strong(0.6))
     k_star = p.propose_k()
@@ -473,9 +483,9 @@ def test_cost_aware_drafts_past_its_k_while_the_drafter_is_confident():
     p.observe(k_star, k_star, 0, 0.0, 0.0)
     assert p.propose_k() == 12
     d = p.decision()
-    assert (d["reason"], d["confidence_from"], d["k"]) == ("argmax+confidence", k_star, 12)
-    assert all(p.should_continue(i, 0.01) for i in range(1, k_star))  # up to k*, always
-    assert not p.should_continue(k_star, 0.39) and p.should_continue(k_star, 0.4)  # past it, while confident
+    assert (d["reason"], d["cost_k"], d["k"]) == ("argmax+confidence", k_star, 12)
+    # alpha and the costs chose to draft; the drafter's confidence says how far, from the first token on
+    assert not p.should_continue(1, 0.39) and p.should_continue(1, 0.4) and p.should_continue(k_star + 3, 0.9)
     p.join_batch(5)  # in a batch the row drafts the batch's k, with no confidence stop
     assert p.should_continue(k_star + 1, 0.01) and p.decision()["k"] == 5
 
@@ -489,8 +499,8 @@ def test_cost_aware_without_confidence_stop_or_when_not_drafting_does_not_extend
     plain.should_continue(1, 0.9)
     # a probe drafts probe_k, then goes on while the drafter is confident (how a plain row finds a burst)
     assert plain.propose_k() == 12
-    assert (plain.decision()["reason"], plain.decision()["confidence_from"]) == ("probe", plain.probe_k)
-    assert plain.should_continue(plain.probe_k - 1, 0.01) and not plain.should_continue(plain.probe_k, 0.39)
+    assert (plain.decision()["reason"], plain.decision()["cost_k"]) == ("probe", plain.probe_k)
+    assert not plain.should_continue(1, 0.39) and plain.should_continue(plain.probe_k + 1, 0.4)
     plain.observe(12, plain.probe_k, 0, 0.0, 0.0)
     assert plain.propose_k() == 0  # and plain stays plain (the rejected probe backs off)
     with pytest.raises(ValueError, match="confidence_threshold"):
