@@ -237,8 +237,11 @@ class Engine:
                 proposer.start(active)
             except Exception as e:  # noqa: BLE001 - a broken drafter must not cost the rows
                 proposer = self._fall_back(batch, e)
+        costs = getattr(self.policy_factory, "cost_model", None)
         while active:
             B = len(active)
+            if costs is not None:  # costs are measured and read at the step's rows per forward
+                costs.batch_size = B
             ks, decisions, rooms = [], [], []
             for st in active:
                 room = max(0, st.max_new - len(st.out_ids) - 1)  # the bonus token always comes on top
@@ -248,7 +251,7 @@ class Engine:
             if B > 1 and self._learn_costs and all(isinstance(st.policy, CostAware) for st in active):
                 # one verify forward for the batch: decide its width for the batch (greedy or exact-match
                 # rows only, where k cannot change any output, so results still never depend on the batch)
-                ks = batch_k([st.policy for st in active], ks, rooms, self.policy_factory.cost_model)
+                ks = batch_k([st.policy for st in active], ks, rooms, costs)
                 decisions = [{**st.policy.decision(), "batch_k": k} for st, k in zip(active, ks)]
             decisions = [json.dumps(d, default=float, separators=(",", ":")) for d in decisions]
             t0 = time.perf_counter()

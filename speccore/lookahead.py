@@ -14,6 +14,7 @@ target adds per step, tokens per step = accepted + 1.
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 __all__ = [
@@ -148,6 +149,15 @@ def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
     return v
 
 
+@dataclass
+class _Timings:
+    """What a CostModel measured at one batch size (EWMA seconds)."""
+
+    t1: float | None = None  # per plain step
+    verify_s: dict[int, float] = field(default_factory=dict)  # drafted -> per verify
+    draft_tok_s: float | None = None  # per drafted token
+
+
 class CostModel:
     """Draft cost c (per drafted token) and verify cost v(k) (target forward over k+1 tokens),
     both relative to one plain target step. One object is shared by all rows of an engine.
@@ -157,6 +167,11 @@ class CostModel:
     per-k verify seconds, draft seconds per drafted token, and the plain step time t1 (from k=0
     steps or `set_step_time`). Until t1 is measured, the prior curve anchors it (t1 ~ verify_s /
     v_prior(k)), so c is still learnt relative to the target while v stays the prior.
+
+    Costs depend on the rows per forward: on the 2-core CPU a plain step of 8 rows costs 1.5 one-row steps,
+    and v(7) is 3.4 at 8 rows against 1.6 at one. So timings are kept per batch size (`batch_size`, which the
+    engine sets before each step; rows that finish shrink it), and a batch size not measured yet starts from
+    the priors, not from another size's costs.
 
     It also keeps the pair's acceptance (`observe_acceptance`, `pair_alpha`): a row's cost-aware policy
     starts from it instead of a blind prior, so a new row does not go plain on its first rejection when the
@@ -175,17 +190,21 @@ class CostModel:
         self._c_prior = float(c)
         self._v_prior: Callable[[int], float] = v
         self.ewma = float(ewma)
-        self._t1: float | None = None  # seconds per plain step, measured
-        self._verify_s: dict[int, float] = {}  # drafted -> EWMA verify seconds
-        self._draft_tok_s: float | None = None  # EWMA draft seconds per drafted token
+        # Rows per forward of the steps being decided and measured; the engine sets it before each step.
+        self.batch_size = 1
+        self._at: dict[int, _Timings] = {}
         self._acc_s = self._acc_n = 0.0  # the pair's discounted accepted tokens and trials
+
+    @property
+    def _m(self) -> _Timings:
+        return self._at.setdefault(self.batch_size, _Timings())
 
     def _avg(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.ewma) * old + self.ewma * new
 
     def set_step_time(self, seconds: float) -> None:
         """Measured plain (one-token) target step time, e.g. from a warm-up step."""
-        self._t1 = self._avg(self._t1, float(seconds))
+        self._m.t1 = self._avg(self._m.t1, float(seconds))
 
     def update(self, drafted: int, draft_s: float, verify_s: float) -> None:
         """Fold in one step's timings; drafted = draft tokens the target verified (0 = plain step)."""
@@ -194,9 +213,9 @@ class CostModel:
         if drafted == 0:
             self.set_step_time(verify_s)
             return
-        self._verify_s[drafted] = self._avg(self._verify_s.get(drafted), float(verify_s))
+        self._m.verify_s[drafted] = self._avg(self._m.verify_s.get(drafted), float(verify_s))
         if draft_s > 0:
-            self._draft_tok_s = self._avg(self._draft_tok_s, draft_s / drafted)
+            self._m.draft_tok_s = self._avg(self._m.draft_tok_s, draft_s / drafted)
 
     def observe_acceptance(self, drafted: int, accepted: int, decay: float = 0.99) -> None:
         """One row's step: `accepted` of `drafted` draft tokens kept (trials as in CostAware.observe)."""
@@ -211,19 +230,19 @@ class CostModel:
 
     def _anchor(self) -> float | None:
         """Seconds of one plain target step: measured, else implied by the prior v curve."""
-        if self._t1 is not None:
-            return self._t1
-        if not self._verify_s:
+        if self._m.t1 is not None:
+            return self._m.t1
+        if not self._m.verify_s:
             return None
-        implied = [s / self._v_prior(k) for k, s in self._verify_s.items()]
+        implied = [s / self._v_prior(k) for k, s in self._m.verify_s.items()]
         return sum(implied) / len(implied)
 
     @property
     def c(self) -> float:
         t1 = self._anchor()
-        if self._draft_tok_s is None or not t1:
+        if self._m.draft_tok_s is None or not t1:
             return self._c_prior
-        return self._draft_tok_s / t1
+        return self._m.draft_tok_s / t1
 
     def v(self, k: int) -> float:
         """v(k): measured where k was measured; between measured points, interpolated; outside them,
@@ -232,26 +251,26 @@ class CostModel:
         that learnt v(3) on hardware twice as fast as the prior still sees v(8) as cheap."""
         if k == 0:
             return 1.0
-        if self._t1 is None or not self._verify_s:
+        if self._m.t1 is None or not self._m.verify_s:
             return float(self._v_prior(k))
-        if k in self._verify_s:
-            return self._verify_s[k] / self._t1
-        ks = sorted(self._verify_s)
+        if k in self._m.verify_s:
+            return self._m.verify_s[k] / self._m.t1
+        ks = sorted(self._m.verify_s)
         j = bisect.bisect_left(ks, k)
         if 0 < j < len(ks):  # between two measured points
             k0, k1 = ks[j - 1], ks[j]
-            v0, v1 = self._verify_s[k0] / self._t1, self._verify_s[k1] / self._t1
+            v0, v1 = self._m.verify_s[k0] / self._m.t1, self._m.verify_s[k1] / self._m.t1
             return v0 + (v1 - v0) * (k - k0) / (k1 - k0)
         near = ks[0] if j == 0 else ks[-1]
-        return self._verify_s[near] / self._t1 * float(self._v_prior(k)) / float(self._v_prior(near))
+        return self._m.verify_s[near] / self._m.t1 * float(self._v_prior(k)) / float(self._v_prior(near))
 
     def step_cost(self, k: int) -> float:
         """Cost of a step that drafts k tokens; a plain step (k=0) costs 1."""
         return 1.0 if k == 0 else k * self.c + self.v(k)
 
     def snapshot(self) -> dict:
-        return {"c": self.c, "t1_s": self._t1, "v_measured": sorted(self._verify_s),
-                "pair_alpha": self.pair_alpha}
+        return {"c": self.c, "t1_s": self._m.t1, "v_measured": sorted(self._m.verify_s),
+                "pair_alpha": self.pair_alpha, "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at)}
 
 
 def expected_tokens(alpha: float, k: int) -> float:

@@ -248,3 +248,11 @@ def test_cost_model_learns_c_without_the_drafters_catch_up_and_the_pairs_accepta
         if st.drafted:
             s, n = 0.99 * s + st.accepted, 0.99 * n + st.accepted + (st.accepted < st.drafted)
     assert cm.pair_alpha == pytest.approx(s / n)
+
+
+def test_engine_measures_costs_at_each_steps_rows_per_forward(target, tiny_zoo, reference):
+    eng, _ = engine_for(target, tiny_zoo, "drafter-llama-g", "cost", 4)
+    results, steps = eng.generate(rows())
+    assert {r.row_id: r.output_ids for r in results} == reference
+    cm = eng.policy_factory.cost_model
+    assert {s.batch_size for s in steps} == set(cm.snapshot()["batch_sizes_measured"]) and max(s.batch_size for s in steps) == 4

@@ -137,6 +137,22 @@ def test_cost_model_update_from_timings():
     assert cm.v(9) == pytest.approx(3.0 * (2.92 + 2 * 0.05) / 2.92)
 
 
+def test_cost_model_keeps_costs_per_batch_size():
+    """One row's costs say nothing of eight rows': a batch size not measured yet reads the priors."""
+    cm = CostModel(c=0.18, ewma=1.0)
+    cm.update(0, draft_s=0.0, verify_s=0.3)
+    cm.update(3, draft_s=0.15, verify_s=0.36)
+    assert (cm.c, cm.v(3)) == (pytest.approx(0.05 / 0.3), pytest.approx(1.2))
+    cm.batch_size = 8
+    assert (cm.c, cm.v(3)) == (0.18, 2.62)  # the priors, not the one-row costs
+    cm.update(0, draft_s=0.0, verify_s=0.45)
+    cm.update(3, draft_s=0.3, verify_s=1.08)
+    assert (cm.c, cm.v(3)) == (pytest.approx(0.1 / 0.45), pytest.approx(2.4))
+    cm.batch_size = 1
+    assert (cm.c, cm.v(3)) == (pytest.approx(0.05 / 0.3), pytest.approx(1.2))
+    assert cm.snapshot()["batch_sizes_measured"] == [1, 8]
+
+
 def test_cost_policy_drafts_once_a_pessimistic_prior_meets_a_measurement():
     """A prior from slower kernels (v(3) = 2.62) on hardware where verifying is cheap: at alpha 0.6 the
     prior says plain decoding; one measured v(3) = 1.3 rescales the whole curve and drafting pays."""
