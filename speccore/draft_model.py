@@ -6,9 +6,8 @@ only the new tail is fed. It never re-encodes the whole context.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import time
+from typing import Callable
 
 import torch
 

@@ -14,6 +14,7 @@ target adds per step, tokens per step = accepted + 1.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -217,6 +218,11 @@ class CostModel:
         if draft_s > 0:
             self._m.draft_tok_s = self._avg(self._m.draft_tok_s, draft_s / drafted)
 
+    @property
+    def measured(self) -> bool:
+        """Whether a plain step and a verify have been timed at the current batch size."""
+        return self._m.t1 is not None and bool(self._m.verify_s)
+
     def observe_acceptance(self, drafted: int, accepted: int, decay: float = 0.99) -> None:
         """One row's step: `accepted` of `drafted` draft tokens kept (trials as in CostAware.observe)."""
         if drafted > 0:
@@ -294,7 +300,8 @@ class CostAware(_Policy):
     def __init__(self, k_max: int = 16, cost_model: CostModel | None = None,
                  alpha_prior: float | None = None, prior_strength: float = 2.0, decay: float = 0.95,
                  probe_every: int = 8, probe_max: int = 64, probe_k: int = 3,
-                 learn_costs: bool = True, confidence_threshold: float | None = 0.4):
+                 learn_costs: bool = True, confidence_threshold: float | None = 0.4,
+                 probe_budget: float | None = 0.03):
         if (alpha_prior is not None and not 0.0 <= alpha_prior <= 1.0) or prior_strength <= 0 \
                 or not 0.0 < decay <= 1.0:
             raise ValueError("need alpha_prior in [0, 1], prior_strength > 0, decay in (0, 1]")
@@ -303,6 +310,13 @@ class CostAware(_Policy):
         self.alpha_prior, self.prior_strength, self.decay = alpha_prior, prior_strength, decay
         self.probe_every, self.probe_max = int(probe_every), max(int(probe_max), int(probe_every))
         self.probe_k = max(1, min(int(probe_k), self.k_max))
+        # Probes may cost at most this fraction of plain decoding, once the costs at this batch size are
+        # measured: a probe that loses L plain steps waits at least L / probe_budget plain steps. At 8 rows
+        # on the CPU a probe loses about 1 step (v(3) ~ 2), and the backoff alone (8, 16, 32 steps) made
+        # speculation 8-10% slower than batched AR. None: the backoff alone.
+        if probe_budget is not None and probe_budget <= 0:
+            raise ValueError(f"need probe_budget > 0 or None, got {probe_budget}")
+        self.probe_budget = probe_budget
         # In a batch engine, rows share one step's timings: pass learn_costs=False there and call
         # cost_model.update once per step instead of once per row.
         self.learn_costs = learn_costs
@@ -347,8 +361,9 @@ class CostAware(_Policy):
         # ~1 token at alpha ~ 0 (3 plain steps with the CPU costs): a fixed gap of 8 loses ~15%
         # there, the backoff ~3%; in exchange the row notices within probe_max plain steps when
         # its text turns predictable (code, copies from the prompt).
+        wait = max(self._gap, self._budget_gap(alpha)) if k == 0 else 0
         if k == 0 and self.k_max > 0:
-            if self._plain_run >= self._gap:
+            if self._plain_run >= wait:
                 k, reason, self._plain_run = self.probe_k, "probe", 0
             else:
                 self._plain_run += 1
@@ -357,13 +372,22 @@ class CostAware(_Policy):
         self._stop_on_confidence = False
         self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
                           "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
-                          "tokens_per_cost": scores[k], "argmax_k": best}
+                          "tokens_per_cost": scores[k], "argmax_k": best, "probe_wait": wait}
         # A probe too: it is how a plain row finds a burst, and the drafter's confidence finds its end.
         if reason in ("argmax", "probe") and self.confidence_threshold is not None and self._confidence_seen:
             self._stop_on_confidence, k = True, self.k_max
             self._decision.update(k=k, reason="argmax+confidence" if reason == "argmax" else reason,
                                   cost_k=self._decision["k"], threshold=self.confidence_threshold)
         return k
+
+    def _budget_gap(self, alpha: float) -> int:
+        """Plain steps a probe must wait so that probing costs at most probe_budget of plain decoding (0 until
+        the costs at this batch size are measured: the priors alone are no evidence that probing is dear)."""
+        cm = self.cost_model
+        if self.probe_budget is None or not cm.measured:
+            return 0
+        loss = cm.step_cost(self.probe_k) - expected_tokens(alpha, self.probe_k)  # in plain steps
+        return math.ceil(loss / self.probe_budget) if loss > 0 else 0
 
     def should_continue(self, i: int, drafter_top_prob: float) -> bool:
         self._confidence_seen = True

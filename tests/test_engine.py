@@ -255,4 +255,5 @@ def test_engine_measures_costs_at_each_steps_rows_per_forward(target, tiny_zoo, 
     results, steps = eng.generate(rows())
     assert {r.row_id: r.output_ids for r in results} == reference
     cm = eng.policy_factory.cost_model
-    assert {s.batch_size for s in steps} == set(cm.snapshot()["batch_sizes_measured"]) and max(s.batch_size for s in steps) == 4
+    sizes = {s.batch_size for s in steps}  # 4, then fewer as rows finish
+    assert sizes == set(cm.snapshot()["batch_sizes_measured"]) and max(sizes) == 4

@@ -1,6 +1,8 @@
 """Lookahead policies: tables of outcomes -> k, in the style of vLLM's test_ngram.py."""
 from __future__ import annotations
 
+import itertools as it
+import math
 import random
 
 import pytest
@@ -227,6 +229,25 @@ def test_cost_aware_probes_after_plain_runs(probe_every, probe_max, probe_k, exp
                   probe_k=probe_k, **strong(0.01))
     ks = drive(p, [0] * len(expected))
     assert ks == expected
+
+
+def test_probes_cost_at_most_the_budget_once_costs_are_measured():
+    """At 8 rows a probe loses about a plain step; the backoff alone (8, 16, 32) spent ~9% on probes."""
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.35 * k)
+    p = CostAware(cost_model=cm, probe_every=4, probe_max=8, probe_k=3, probe_budget=0.05, **strong(0.01))
+    assert drive(p, [0] * 6)[:6] == [3, 0, 0, 0, 0, 3]  # priors only: the backoff (probe at once, then 4)
+    cm.update(0, draft_s=0.0, verify_s=0.5)  # measured: a probe costs 3 * 0.2 + v(3) = 2.65 for 1.01 tokens
+    cm.update(3, draft_s=0.3, verify_s=1.025)
+    assert cm.measured and p.cost_model.v(3) == pytest.approx(2.05)
+    loss = 3 * 0.2 + 2.05 - expected_tokens(0.01, 3)
+    ks = drive(p, [0] * 120)
+    gaps = [j - i - 1 for i, j in it.pairwise([i for i, k in enumerate(ks) if k])]
+    assert gaps and set(gaps) == {math.ceil(loss / 0.05)}  # 33 plain steps per probe: ~5% spent on probes
+    assert p.decision()["probe_wait"] == math.ceil(loss / 0.05)
+    cm.batch_size = 8  # not measured at this batch size: the priors, and the backoff alone
+    assert not cm.measured and p._budget_gap(p.alpha) == 0
+    with pytest.raises(ValueError, match="probe_budget"):
+        CostAware(probe_budget=0)
 
 
 def test_cost_aware_fully_accepted_probe_probes_again():
