@@ -278,7 +278,7 @@ class Engine:
             t2 = time.perf_counter()
             draft_s, verify_s = t1 - t0, t2 - t1
             if self._learn_costs:  # the batch's step: its longest draft set the verify width
-                self._learn(drafts, accepted, draft_s, verify_s, proposer)
+                self._learn(costs, drafts, accepted, draft_s, verify_s, proposer)
             for st, d, a, k, why in zip(active, drafts, accepted, ks, decisions):
                 st.nstep += 1
                 r = st.result
@@ -307,15 +307,14 @@ class Engine:
         for st in batch:
             self._finish(st)
 
-    def _learn(self, drafts: list[Draft], accepted: list[int], draft_s: float, verify_s: float,
-               proposer) -> None:
+    @staticmethod
+    def _learn(cm, drafts: list[Draft], accepted: list[int], draft_s: float, verify_s: float, proposer) -> None:
         """Feed one step to the shared cost model: its costs and the pair's acceptance.
 
         The drafter's one-off catch-up (over a prompt, or over the tokens of plain steps) is not a cost of
         each drafted token: it leaves the draft seconds the cost model learns c from, and a step whose
         catch-up could not be told apart teaches no c at all (0 seconds: the model skips it).
         """
-        cm = self.policy_factory.cost_model
         catch_up = getattr(proposer, "catch_up_s", 0.0) if proposer is not None else 0.0
         steady_s = 0.0 if catch_up is None else max(0.0, draft_s - catch_up)
         cm.update(max(len(d.ids) for d in drafts), steady_s, verify_s)

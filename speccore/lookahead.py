@@ -198,6 +198,12 @@ class CostModel:
 
     @property
     def _m(self) -> _Timings:
+        """Timings at the current batch size, to read (an empty record where nothing was measured yet)."""
+        return self._at.get(self.batch_size) or _Timings()
+
+    @property
+    def _record(self) -> _Timings:
+        """Timings at the current batch size, to write."""
         return self._at.setdefault(self.batch_size, _Timings())
 
     def _avg(self, old: float | None, new: float) -> float:
@@ -205,7 +211,8 @@ class CostModel:
 
     def set_step_time(self, seconds: float) -> None:
         """Measured plain (one-token) target step time, e.g. from a warm-up step."""
-        self._m.t1 = self._avg(self._m.t1, float(seconds))
+        m = self._record
+        m.t1 = self._avg(m.t1, float(seconds))
 
     def update(self, drafted: int, draft_s: float, verify_s: float) -> None:
         """Fold in one step's timings; drafted = draft tokens the target verified (0 = plain step)."""
@@ -214,9 +221,10 @@ class CostModel:
         if drafted == 0:
             self.set_step_time(verify_s)
             return
-        self._m.verify_s[drafted] = self._avg(self._m.verify_s.get(drafted), float(verify_s))
+        m = self._record
+        m.verify_s[drafted] = self._avg(m.verify_s.get(drafted), float(verify_s))
         if draft_s > 0:
-            self._m.draft_tok_s = self._avg(self._m.draft_tok_s, draft_s / drafted)
+            m.draft_tok_s = self._avg(m.draft_tok_s, draft_s / drafted)
 
     @property
     def measured(self) -> bool:
@@ -453,12 +461,12 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k), -k))
     if best == 0:
         # a probe's own width, not the k_max a lone row would draft it to while its drafter is confident
-        probes = [min(k, p.probe_k) for p, k in zip(policies, proposed) if k and p.decision().get("reason") == "probe"]
-        if not probes:
+        probing = [bool(k) and p.decision().get("reason") == "probe" for p, k in zip(policies, proposed)]
+        if not any(probing):
             return [0] * len(policies)
-        best = max(probes)
-        for p, k in zip(policies, proposed):
-            if not (k and p.decision().get("reason") == "probe"):
+        best = max(min(k, p.probe_k) for p, k, pr in zip(policies, proposed, probing) if pr)
+        for p, pr in zip(policies, probing):
+            if not pr:
                 p.join_probe(best)
     for p in policies:
         p.join_batch(best)

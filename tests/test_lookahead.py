@@ -147,6 +147,7 @@ def test_cost_model_keeps_costs_per_batch_size():
     assert (cm.c, cm.v(3)) == (pytest.approx(0.05 / 0.3), pytest.approx(1.2))
     cm.batch_size = 8
     assert (cm.c, cm.v(3)) == (0.18, 2.62)  # the priors, not the one-row costs
+    assert cm.snapshot()["batch_sizes_measured"] == [1]  # reading at 8 rows measures nothing there
     cm.update(0, draft_s=0.0, verify_s=0.45)
     cm.update(3, draft_s=0.3, verify_s=1.08)
     assert (cm.c, cm.v(3)) == (pytest.approx(0.1 / 0.45), pytest.approx(2.4))
