@@ -666,6 +666,7 @@ def run_batch(args, target, cfgs: list[Config], counted, warm, ref: dict | None,
     out = {"sizes": args.batch_sizes, "policy": args.batch_policy, "configs": [],
            "reference": "main part's reference" if ref is not None else f"sc:ar at batch size {args.batch_sizes[0]}"}
     res = {c.name: {} for c in todo}
+    snaps = {c.name: {} for c in todo}  # the shared cost model after each batch size, as the last step left it
     for j, bs in enumerate(args.batch_sizes):
         order = todo[j % len(todo):] + todo[: j % len(todo)]
         for c in order:
@@ -676,6 +677,8 @@ def run_batch(args, target, cfgs: list[Config], counted, warm, ref: dict | None,
             if ref is None and c.name == "sc:ar":
                 ref = {i: list(r.output_ids) for i, r in enumerate(results)}
             res[c.name][bs] = (results, steps, wall)
+            cm = getattr(eng.policy_factory, "cost_model", None)
+            snaps[c.name][bs] = cm.snapshot() if cm is not None else None
             tok = sum(r.n_output_tokens for r in results)
             print(f"[batch {bs}] {c.name:<40} {tok:5d} tok {wall:7.2f} s {tok / wall:7.2f} tok/s", file=sys.stderr,
                   flush=True)
@@ -689,11 +692,33 @@ def run_batch(args, target, cfgs: list[Config], counted, warm, ref: dict | None,
                            "errors": sum(r.status != "ok" for r in results), "steps": nst,
                            "mean_acceptance_length": 1 + acc / nst if nst and c.pair != AR else None,
                            "acceptance_rate": acc / drf if drf else None}
+            by_size[bs]["forwards_log"] = batch_forwards(steps)
+            by_size[bs]["cost_model"] = snaps[c.name][bs]
+            by_size[bs]["drafting_decisions"] = [json.loads(s.decision) for s in steps if s.drafted][:8]
         ar = res["sc:ar"]
         for bs, d in by_size.items():
             d["speedup_vs_ar_same_bs"] = ar[bs][2] / res[c.name][bs][2] if c.name != "sc:ar" else 1.0
             d["scaling_vs_smallest_bs"] = d["tok_per_s"] / by_size[min(by_size)]["tok_per_s"]
         out["configs"].append({"name": c.name, "algorithm": c.algorithm, "total_rows": len(rows), "by_size": by_size})
+    return out
+
+
+def batch_forwards(steps) -> list[list]:
+    """One entry per target forward of a batch run: [rows, width, accepted, probing rows, draft_ms, verify_ms].
+
+    A forward's rows are logged one after another with the same timings; width = its longest draft (the verify
+    is that wide for every row), probing rows = rows whose policy chose or joined a probe."""
+    out: list[list] = []
+    prev = None
+    for s in steps:
+        key = (s.batch_size, s.draft_ms, s.verify_ms)
+        probe = '"reason":"probe"' in s.decision
+        if key != prev:
+            out.append([s.batch_size, s.drafted, s.accepted, int(probe), round(s.draft_ms, 1), round(s.verify_ms, 1)])
+            prev = key
+        else:
+            f = out[-1]
+            f[1], f[2], f[3] = max(f[1], s.drafted), f[2] + s.accepted, f[3] + int(probe)
     return out
 
 
