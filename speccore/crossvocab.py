@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from .decoder import CachedLM
-from .draft_model import draft_loop, feed_for, pick_from
+from .draft_model import catch_up_cells, draft_loop, feed_for, pick_from
 from .prompts import encode_row
 from .verify import Draft
 
@@ -121,6 +121,7 @@ class CrossVocabProposer:
         self.lm: CachedLM | None = None
         self.views: list[_View] = []
         self.catch_up_s: float | None = 0.0  # of the last propose (see draft_model.draft_loop)
+        self.catch_up_cells = 0  # and the cells it caught up over
 
     def _drafter_prompt(self, st) -> list[int]:
         tok = self.drafter.tokenizer
@@ -150,6 +151,7 @@ class CrossVocabProposer:
                 continue
             self._sync_view(self.views[b], st.out_ids)
             feeds.append(feed_for(self.lm, b, self.views[b].ids))
+        self.catch_up_cells = catch_up_cells(feeds)
         toks, qs, reasons, self.catch_up_s = draft_loop(
             self.lm, feeds, ks, states, lambda b, lg: self.pick(states[b], lg), self.stop_ids)
         return [self.to_draft(states[b], self.views[b], toks[b], qs[b], reasons[b], ks[b]) for b in range(len(states))]

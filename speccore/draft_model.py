@@ -32,6 +32,12 @@ def feed_for(lm: CachedLM, b: int, true_ids: list[int]) -> list[int]:
     return tail
 
 
+def catch_up_cells(feeds: list[list[int]]) -> int:
+    """Rows x columns of a draft's first forward when it catches up (it pads to the longest feed); else 0."""
+    longest = max(map(len, feeds), default=0)
+    return len(feeds) * longest if longest > STEADY_FEED else 0
+
+
 def draft_loop(lm: CachedLM, feeds: list[list[int]], ks: list[int], states, pick: Pick,
                stop_ids: frozenset[int] = frozenset()):
     """Draft up to ks[b] drafter tokens for each row.
@@ -103,6 +109,7 @@ class DraftModelProposer:
         self.stop_ids = frozenset(drafter.eos_token_ids)
         self.lm: CachedLM | None = None
         self.catch_up_s: float | None = 0.0  # of the last propose (see draft_loop)
+        self.catch_up_cells = 0  # and the cells it caught up over
 
     def start(self, states) -> None:
         self.lm = CachedLM(self.drafter.model, len(states))
@@ -114,6 +121,7 @@ class DraftModelProposer:
             st = states[b]
             return pick_from(logits[: self.V], st.params, st.gen, greedy_draft=False)
 
+        self.catch_up_cells = catch_up_cells(feeds)
         toks, qs, reasons, self.catch_up_s = draft_loop(self.lm, feeds, ks, states, pick, self.stop_ids)
         drafts = []
         for b, st in enumerate(states):

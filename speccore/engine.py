@@ -80,6 +80,11 @@ class RowState:
     t0: float = 0.0
     nstep: int = 0
     batch: int = -1
+    drafted_at: int = 0  # len(ids) after the row last drafted: the drafter has not seen the tokens since
+
+    @property
+    def drafter_behind(self) -> int:
+        return len(self.ids) - self.drafted_at
 
     @property
     def ids(self) -> list[int]:
@@ -198,7 +203,7 @@ class Engine:
                                           error_message=f"{type(e).__name__}: {e}", seed=st.seed)
                 else:  # retry one by one so a single bad row cannot take its batch down
                     for st in batch:
-                        st.out_ids, st.finish, st.text_end, st.nstep = [], None, None, 0
+                        st.out_ids, st.finish, st.text_end, st.nstep, st.drafted_at = [], None, None, 0, 0
                         st.gen = smp.make_generator(st.seed)
                         st.policy = self.policy_factory() if self.proposer is not None else PlainPolicy()
                     steps[:] = [s for s in steps if s.row_id not in {b.row.row_id for b in batch}]
@@ -221,6 +226,7 @@ class Engine:
                                   n_prompt_tokens=len(st.prompt_ids), batch=st.batch)
         target = CachedLM(self.target.model, len(batch))
         last = target.forward([st.prompt_ids for st in batch], last_only=True)  # [B, V]
+        t_prompt = time.perf_counter() - t_start
         top = self._argmax(batch, last[:, None])
         for b, st in enumerate(batch):
             tok = verify_row(last[b][None], Draft(ids=[]), st.params, st.gen, top[b])[1][0]
@@ -238,6 +244,8 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - a broken drafter must not cost the rows
                 proposer = self._fall_back(batch, e)
         costs = getattr(self.policy_factory, "cost_model", None)
+        if self._learn_costs:  # the target's seconds per prompt cell bound what a wide verify costs
+            costs.observe_prefill(len(batch) * max(len(st.prompt_ids) for st in batch), t_prompt)
         while active:
             B = len(active)
             if costs is not None:  # costs are measured and read at the step's rows per forward
@@ -251,7 +259,8 @@ class Engine:
             if B > 1 and self._learn_costs and all(isinstance(st.policy, CostAware) for st in active):
                 # one verify forward for the batch: decide its width for the batch (greedy or exact-match
                 # rows only, where k cannot change any output, so results still never depend on the batch)
-                ks = batch_k([st.policy for st in active], ks, rooms, costs)
+                ks = batch_k([st.policy for st in active], ks, rooms, costs,
+                             behind=[st.drafter_behind for st in active])
                 decisions = [{**st.policy.decision(), "batch_k": k} for st, k in zip(active, ks)]
             decisions = [json.dumps(d, default=float, separators=(",", ":")) for d in decisions]
             t0 = time.perf_counter()
@@ -281,6 +290,8 @@ class Engine:
                 self._learn(costs, drafts, accepted, draft_s, verify_s, proposer)
             for st, d, a, k, why in zip(active, drafts, accepted, ks, decisions):
                 st.nstep += 1
+                if d.ids:
+                    st.drafted_at = len(st.ids)
                 r = st.result
                 r.steps += 1
                 r.drafted += len(d.ids)
@@ -313,10 +324,13 @@ class Engine:
 
         The drafter's one-off catch-up (over a prompt, or over the tokens of plain steps) is not a cost of
         each drafted token: it leaves the draft seconds the cost model learns c from, and a step whose
-        catch-up could not be told apart teaches no c at all (0 seconds: the model skips it).
+        catch-up could not be told apart teaches no c at all (0 seconds: the model skips it). The catch-up
+        is learnt on its own, per cell, to price the next probe's (`lookahead.batch_k`).
         """
         catch_up = getattr(proposer, "catch_up_s", 0.0) if proposer is not None else 0.0
         steady_s = 0.0 if catch_up is None else max(0.0, draft_s - catch_up)
+        if catch_up:
+            cm.observe_catch_up(getattr(proposer, "catch_up_cells", 0), catch_up)
         cm.update(max(len(d.ids) for d in drafts), steady_s, verify_s)
         for d, a in zip(drafts, accepted):
             if d.ids:

@@ -133,6 +133,11 @@ class ConfidenceStop(_Policy):
 # DESIGN.md section 9, eager fp32 on the CPU machines: target forward over k+1 tokens / one token.
 DEFAULT_V: dict[int, float] = {0: 1.00, 1: 2.11, 3: 2.62, 5: 2.82, 7: 2.92}
 DEFAULT_C = 0.18  # SmolLM2-135M step (~83 ms) / 1.5B step (~470 ms)
+# A prompt forward over fewer cells (rows x columns) than this is bound by streaming the weights, not by
+# compute, so it says nothing about the seconds per token of a wide forward.
+PREFILL_MIN_CELLS = 64
+# The pair's acceptance starts as this many trials at alpha = 0.5 (CostModel.pair_alpha).
+PAIR_PRIOR_TRIALS = 2.0
 
 
 def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
@@ -177,6 +182,13 @@ class CostModel:
     It also keeps the pair's acceptance (`observe_acceptance`, `pair_alpha`): a row's cost-aware policy
     starts from it instead of a blind prior, so a new row does not go plain on its first rejection when the
     pair is known to be good.
+
+    Two rates bound what wide forwards cost, whatever the batch size: the target's seconds per cell (row x
+    column) of a prompt forward (`observe_prefill`), where compute, not weight streaming, sets the time; and
+    the drafter's seconds per cell of a catch-up (`observe_catch_up`: its first draft over a prompt, or over
+    the tokens of plain steps). The first floors v(k): a verify of B rows over k+1 tokens costs at least
+    B(k+1) prompt cells, which is what the one-row priors miss at 16 rows (v(16) is 10, not 4). The second
+    prices a probe's catch-up (`catch_up_steps`).
     """
 
     def __init__(self, c: float = DEFAULT_C,
@@ -195,6 +207,8 @@ class CostModel:
         self.batch_size = 1
         self._at: dict[int, _Timings] = {}
         self._acc_s = self._acc_n = 0.0  # the pair's discounted accepted tokens and trials
+        self._prefill_cell_s: float | None = None  # target seconds per cell of a prompt forward
+        self._catch_up_cell_s: float | None = None  # drafter seconds per cell of a catch-up
 
     @property
     def _m(self) -> _Timings:
@@ -226,6 +240,32 @@ class CostModel:
         if draft_s > 0:
             m.draft_tok_s = self._avg(m.draft_tok_s, draft_s / drafted)
 
+    def observe_prefill(self, cells: int, seconds: float) -> None:
+        """A target forward over `cells` prompt tokens (rows x longest prompt, padding included) took `seconds`."""
+        if cells >= PREFILL_MIN_CELLS and seconds > 0:
+            self._prefill_cell_s = self._avg(self._prefill_cell_s, seconds / cells)
+
+    def observe_catch_up(self, cells: int, seconds: float) -> None:
+        """The drafter's catch-up over `cells` (rows x longest feed) took `seconds` beyond a steady forward."""
+        if cells > 0 and seconds > 0:
+            self._catch_up_cell_s = self._avg(self._catch_up_cell_s, seconds / cells)
+
+    @property
+    def step_time(self) -> float | None:
+        """Seconds of a plain step at the current batch size, once measured."""
+        return self._m.t1
+
+    def catch_up_steps(self, cells: int) -> float:
+        """What a drafter catch-up over `cells` costs, in plain steps at the current batch size: measured
+        catch-ups, else the drafter's relative cost c times the target's prompt rate (dearer than the truth on
+        the CPU: a drafter's step is bound by its weights, its prompt forward by compute); 0 if neither rate
+        or no step time is known yet."""
+        t1 = self._m.t1
+        rate = self._catch_up_cell_s
+        if rate is None and self._prefill_cell_s is not None:
+            rate = self.c * self._prefill_cell_s
+        return cells * rate / t1 if cells > 0 and rate and t1 else 0.0
+
     @property
     def measured(self) -> bool:
         """Whether a plain step and a verify have been timed at the current batch size."""
@@ -239,8 +279,12 @@ class CostModel:
 
     @property
     def pair_alpha(self) -> float | None:
-        """The pair's per-token acceptance over the steps observed so far (None before any)."""
-        return self._acc_s / self._acc_n if self._acc_n > 0 else None
+        """The pair's per-token acceptance over the steps observed so far (None before any), smoothed by
+        PAIR_PRIOR_TRIALS at 0.5: one rejected warm-up draft read as alpha = 0 started every later row plain,
+        and their probes waited longer than the rows lasted."""
+        if self._acc_n <= 0:
+            return None
+        return (self._acc_s + 0.5 * PAIR_PRIOR_TRIALS) / (self._acc_n + PAIR_PRIOR_TRIALS)
 
     def _anchor(self) -> float | None:
         """Seconds of one plain target step: measured, else implied by the prior v curve."""
@@ -262,21 +306,28 @@ class CostModel:
         """v(k): measured where k was measured; between measured points, interpolated; outside them,
         the prior's shape scaled to the nearest measured point. A prior that is off by a factor (other
         kernels, another machine, another batch size) thus steers only until one k is measured; a policy
-        that learnt v(3) on hardware twice as fast as the prior still sees v(8) as cheap."""
+        that learnt v(3) on hardware twice as fast as the prior still sees v(8) as cheap. Where k was not
+        measured, never less than the compute floor: B(k+1) prompt cells against a plain step."""
         if k == 0:
             return 1.0
-        if self._m.t1 is None or not self._m.verify_s:
-            return float(self._v_prior(k))
-        if k in self._m.verify_s:
-            return self._m.verify_s[k] / self._m.t1
-        ks = sorted(self._m.verify_s)
-        j = bisect.bisect_left(ks, k)
-        if 0 < j < len(ks):  # between two measured points
-            k0, k1 = ks[j - 1], ks[j]
-            v0, v1 = self._m.verify_s[k0] / self._m.t1, self._m.verify_s[k1] / self._m.t1
-            return v0 + (v1 - v0) * (k - k0) / (k1 - k0)
-        near = ks[0] if j == 0 else ks[-1]
-        return self._m.verify_s[near] / self._m.t1 * float(self._v_prior(k)) / float(self._v_prior(near))
+        m = self._m
+        if m.t1 is not None and k in m.verify_s:
+            return m.verify_s[k] / m.t1
+        if m.t1 is None or not m.verify_s:
+            est = float(self._v_prior(k))
+        else:
+            ks = sorted(m.verify_s)
+            j = bisect.bisect_left(ks, k)
+            if 0 < j < len(ks):  # between two measured points
+                k0, k1 = ks[j - 1], ks[j]
+                v0, v1 = m.verify_s[k0] / m.t1, m.verify_s[k1] / m.t1
+                est = v0 + (v1 - v0) * (k - k0) / (k1 - k0)
+            else:
+                near = ks[0] if j == 0 else ks[-1]
+                est = m.verify_s[near] / m.t1 * float(self._v_prior(k)) / float(self._v_prior(near))
+        if m.t1 is not None and self._prefill_cell_s is not None:
+            est = max(est, self.batch_size * (k + 1) * self._prefill_cell_s / m.t1)
+        return est
 
     def step_cost(self, k: int) -> float:
         """Cost of a step that drafts k tokens; a plain step (k=0) costs 1."""
@@ -284,7 +335,8 @@ class CostModel:
 
     def snapshot(self) -> dict:
         return {"c": self.c, "t1_s": self._m.t1, "v_measured": sorted(self._m.verify_s),
-                "pair_alpha": self.pair_alpha, "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at)}
+                "pair_alpha": self.pair_alpha, "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at),
+                "prefill_cell_s": self._prefill_cell_s, "catch_up_cell_s": self._catch_up_cell_s}
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -440,7 +492,7 @@ class CostAware(_Policy):
 
 
 def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Sequence[int],
-            cost_model: CostModel) -> list[int]:
+            cost_model: CostModel, behind: Sequence[int] | None = None) -> list[int]:
     """One lookahead for a batch of cost-aware rows that verify in one target forward.
 
     A batched step costs its widest draft: K drafter forwards and v(K) for the verify, whatever the
@@ -450,27 +502,68 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     step cost K*c + v(K) (K = 0: one token per row for cost 1); every row then drafts K. When K = 0
     and some row's own policy chose a probe (so that plain rows still learn alpha), the batch pays
     that probe's width whoever drafts: every row joins it (`CostAware.join_probe`), learns from it,
-    and restarts its probe schedule with the others.
-    `rooms`: tokens each row may still draft (its budget less the bonus token).
+    and restarts its probe schedule with the others, unless the probe could not pay for itself (`_probe_pays`).
+    `rooms`: tokens each row may still draft (its budget less the bonus token). `behind`: tokens each row's
+    drafter has not seen since it last drafted (what a probe must catch up on), if known.
+
+    A batch size whose plain step is not timed yet decodes plainly: the priors are one row's costs, and at 16
+    rows they put v(16) at 4 where it is 10, which drew a first step of K = 16 costing 15 plain steps.
     """
+    if cost_model.batch_size > 1 and cost_model.step_time is None:
+        return [0] * len(policies)
     kmax = max(p.k_max for p in policies)
+    B, horizon = len(policies), sum(rooms) / len(policies)
+    # The drafter's catch-up over the tokens it has not seen, spread over the steps drafting would take to
+    # use the rows' room: 16 rows' first draft over their prompts costs 3-10 plain steps on the CPU.
+    catch_up = cost_model.catch_up_steps(B * max(behind)) if behind else 0.0
 
-    def tokens_per_cost(k: int) -> float:
-        return sum(expected_tokens(p.alpha, min(k, r)) for p, r in zip(policies, rooms)) / cost_model.step_cost(k)
+    def tokens_per_cost(k: int, alphas: Sequence[float], amortise: bool = True) -> float:
+        tokens = sum(expected_tokens(a, min(k, r)) for a, r in zip(alphas, rooms))
+        cost = cost_model.step_cost(k)
+        if k and amortise and catch_up:
+            cost += catch_up * tokens / B / max(horizon, 1.0)
+        return tokens / cost
 
-    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k), -k))
+    alphas = [p.alpha for p in policies]
+    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k, alphas), -k))
     if best == 0:
         # a probe's own width, not the k_max a lone row would draft it to while its drafter is confident
         probing = [bool(k) and p.decision().get("reason") == "probe" for p, k in zip(policies, proposed)]
         if not any(probing):
             return [0] * len(policies)
         best = max(min(k, p.probe_k) for p, k, pr in zip(policies, proposed, probing) if pr)
+        if not _probe_pays(best, alphas, rooms, cost_model, catch_up, kmax, tokens_per_cost):
+            return [0] * len(policies)
         for p, pr in zip(policies, probing):
             if not pr:
                 p.join_probe(best)
     for p in policies:
         p.join_batch(best)
     return [min(best, r) for r in rooms]
+
+
+def _probe_pays(width: int, alphas: Sequence[float], rooms: Sequence[int], cm: CostModel, catch_up: float,
+                kmax: int, tokens_per_cost) -> bool:
+    """Whether a batch probe of `width` could repay what it costs before the rows run out of room.
+
+    The probe loses, in plain steps: its step cost, plus the drafter's catch-up (`catch_up` plain steps: rows x
+    the longest tail it has not seen, as the drafter's forward pads), less the tokens it is expected to
+    yield per row. What it can win back, if it finds the rows accepting as well as the pair does (each row at
+    the larger of its alpha and the pair's; at alpha 1 while the pair has no record): the best K's speedup S
+    over the rows' mean remaining room, (1 - 1/S) plain steps per step. A probe finds out whether rows that
+    went plain have recovered, so it is only worth its cost where the pair's own acceptance would pay at this
+    batch size. At 16 rows on the CPU the catch-up over 16 prompts alone costs 5-10 plain steps, and even at
+    alpha 1, S is about 1.45: with 32 new tokens the bound at alpha 1 said "probe" on some runs and lost 5%.
+    """
+    B = len(alphas)
+    loss = cm.step_cost(width) + catch_up - sum(expected_tokens(a, min(width, r)) for a, r in zip(alphas, rooms)) / B
+    if loss <= 0:
+        return True
+    pair = cm.pair_alpha
+    hope = [1.0] * B if pair is None else [max(a, pair) for a in alphas]
+    s_max = max(tokens_per_cost(k, hope, amortise=False) for k in range(1, kmax + 1)) / B
+    horizon = sum(rooms) / B
+    return s_max > 1 and horizon * (1 - 1 / s_max) > loss
 
 
 # ---------------------------------------------------------------------------------------------

@@ -364,8 +364,9 @@ def test_make_policy_params_and_errors():
     assert a.cost_model is b.cost_model  # costs and the pair's acceptance shared, each row's evidence its own
     a.observe(3, 3, 0, 0.0, 0.0)
     b.observe(3, 3, 3, 0.0, 0.0)
-    assert cm.pair_alpha == pytest.approx(3 / 3.99)  # 0 of 3 (1 trial), decayed 0.99, then 3 of 3
-    assert a.alpha == pytest.approx(2 * 3 / 3.99 / 3) and b.alpha == pytest.approx((2 * 3 / 3.99 + 3) / 5)
+    pair = (3 + 1) / (3.99 + 2)  # 0 of 3 (1 trial), decayed 0.99, then 3 of 3; smoothed by 2 trials at 0.5
+    assert cm.pair_alpha == pytest.approx(pair)
+    assert a.alpha == pytest.approx(2 * pair / 3) and b.alpha == pytest.approx((2 * pair + 3) / 5)
     with pytest.raises(ValueError, match="analysis"):
         make_policy("oracle")
     with pytest.raises(ValueError, match="unknown"):
@@ -436,25 +437,29 @@ def test_cost_aware_simulated_throughput(label, cm, alpha, capsys):
 
 # ------------------------------------------------------------------ batch_k
 
-BATCH_COSTS = CostModel(c=0.2, v=lambda k: 1 + 0.2 * k)  # a step drafting K costs 0.2K + 1 + 0.2K
+def batch_costs() -> CostModel:
+    """A step drafting K costs 0.2K + 1 + 0.2K. Fresh per test: the model also keeps the pair's acceptance."""
+    return CostModel(c=0.2, v=lambda k: 1 + 0.2 * k)
 
 
-def _rows(*alphas):
-    return [CostAware(k_max=4, cost_model=BATCH_COSTS, **strong(a)) for a in alphas]
+def _rows(*alphas, cm=None, **kw):
+    """Rows as a batch engine makes them: one shared cost model, which the engine (not the rows) feeds."""
+    cm = cm or batch_costs()
+    return [CostAware(cost_model=cm, learn_costs=False, **{"k_max": 4, **strong(a), **kw}) for a in alphas]
 
 
 def test_batch_k_one_width_for_the_batch():
     # alpha 0.9 twice: tokens per cost 2E(0.9, K) / (1 + 0.4K): K=3 2*3.439/2.2 = 3.126, K=4 2*4.0951/2.6 = 3.150
     rows = _rows(0.9, 0.9)
-    assert batch_k(rows, [p.propose_k() for p in rows], [16, 16], BATCH_COSTS) == [4, 4]
+    assert batch_k(rows, [p.propose_k() for p in rows], [16, 16], rows[0].cost_model) == [4, 4]
     # a sure row and an unsure one: alone they would draft 4 and probe 3 (the batch pays K=4 for both);
     # together K=1: (1.9 + 1.05) / 1.4 = 2.107 beats plain 2 / 1 and K=2: (2.71 + 1.0525) / 1.8 = 2.090
     rows = _rows(0.9, 0.05)
     proposed = [p.propose_k() for p in rows]
-    assert proposed == [4, 3] and batch_k(rows, proposed, [16, 16], BATCH_COSTS) == [1, 1]
+    assert proposed == [4, 3] and batch_k(rows, proposed, [16, 16], rows[0].cost_model) == [1, 1]
     # a row near its budget: K=2: (2.71 + 2.71) / 1.8 = 3.011 beats K=3: (2.71 + 3.439) / 2.2 = 2.795
     rows = _rows(0.9, 0.9)
-    assert batch_k(rows, [4, 4], [2, 16], BATCH_COSTS) == [2, 2]
+    assert batch_k(rows, [4, 4], [2, 16], rows[0].cost_model) == [2, 2]
 
 
 def test_batch_k_goes_plain_and_the_batch_probes_together():
@@ -463,35 +468,101 @@ def test_batch_k_goes_plain_and_the_batch_probes_together():
     assert proposed == [4, 3, 3, 3]
     # plain 4 / 1 beats K=1: (1.9 + 3 * 1.05) / 1.4 = 3.607: K = 0, but the batch verifies the probes'
     # width anyway, so the sure row joins the probe (and restarts its schedule with the others)
-    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [3, 3, 3, 3]
+    assert batch_k(rows, proposed, [16] * 4, rows[0].cost_model) == [3, 3, 3, 3]
     assert [p.decision()["reason"] for p in rows] == ["probe"] * 4 and rows[0].decision()["joined"]
     for p in rows:
         p.observe(k=3, drafted=3, accepted=0, draft_s=0.0, verify_s=0.0)  # rejected probe: back off
     proposed = [p.propose_k() for p in rows]
     assert proposed == [4, 0, 0, 0]  # alone, the sure row would make the whole batch pay v(4)
-    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [0, 0, 0, 0]
+    assert batch_k(rows, proposed, [16] * 4, rows[0].cost_model) == [0, 0, 0, 0]
 
 
 def test_batch_probes_at_the_probe_width_when_a_lone_probe_would_extend():
-    rows = [CostAware(k_max=12, cost_model=BATCH_COSTS, **strong(0.05)) for _ in range(4)]
+    rows = _rows(*[0.05] * 4, k_max=12)
     for p in rows:
         p.should_continue(1, 0.9)  # the drafter reports confidences: a lone probe would go on to k_max
     proposed = [p.propose_k() for p in rows]
     assert proposed == [12] * 4 and {p.decision()["cost_k"] for p in rows} == {3}
-    assert batch_k(rows, proposed, [16] * 4, BATCH_COSTS) == [3] * 4  # the batch pays v(3), not v(12)
+    assert batch_k(rows, proposed, [16] * 4, rows[0].cost_model) == [3] * 4  # the batch pays v(3), not v(12)
     assert all(p.should_continue(3, 0.01) for p in rows)  # and every row drafts all of it
+
+
+def test_batch_decodes_plainly_until_its_own_plain_step_is_timed():
+    # the priors are one row's costs: at 16 rows on the CPU they drew a first step of K = 16 costing 15 plain steps
+    cm = batch_costs()
+    cm.batch_size = 4
+    rows = _rows(*[0.9] * 4, cm=cm)
+    proposed = [p.propose_k() for p in rows]
+    assert proposed == [4] * 4 and batch_k(rows, proposed, [16] * 4, cm) == [0] * 4
+    cm.set_step_time(0.5)
+    assert batch_k(rows, [p.propose_k() for p in rows], [16] * 4, cm) == [4] * 4
+
+
+def test_cost_model_floors_an_unmeasured_verify_at_the_prompt_rate():
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.2 * k, ewma=1.0)
+    cm.observe_prefill(32, 10.0)  # too few cells to be bound by compute: ignored
+    cm.observe_prefill(4096, 40.96)  # 10 ms per cell
+    cm.batch_size = 16
+    assert cm.v(16) == pytest.approx(1 + 0.2 * 16)  # no plain step timed at 16 rows: nothing to floor against
+    cm.set_step_time(0.5)
+    assert cm.v(3) == pytest.approx(1.6)  # the prior, where it is above the floor (64 cells: 1.28)
+    assert cm.v(16) == pytest.approx(16 * 17 * 0.01 / 0.5)  # 5.44 where the one-row prior says 4.2
+    cm.update(16, 1.6, 5.0)  # measured wins over the floor
+    assert cm.v(16) == pytest.approx(10.0)
+    cm.batch_size = 1
+    cm.set_step_time(0.3)
+    assert cm.v(16) == pytest.approx(1 + 0.2 * 16)  # one row: 17 cells cost less than the prior says
+
+
+def test_batch_probe_waits_until_it_can_repay_the_drafters_catch_up():
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.2 * k, ewma=1.0)
+    cm.batch_size = 4
+    cm.set_step_time(0.5)
+    cm.observe_catch_up(400, 0.8)  # 2 ms per cell: 4 rows 500 tokens behind cost 8 plain steps
+
+    def probe(rooms, behind):
+        rows = _rows(*[0.05] * 4, cm=cm)
+        return batch_k(rows, [p.propose_k() for p in rows], rooms, cm, behind=behind)
+
+    # the probe loses 2.2 - 1.05 steps plus the catch-up; the pair has no record, so at alpha 1 the best K
+    # (4: 5 / 2.6) would win back 48% of each remaining step
+    assert cm.catch_up_steps(4 * 500) == pytest.approx(8.0)
+    assert probe([16] * 4, [2] * 4) == [3] * 4  # a short catch-up: 1.2 lost, up to 7.7 won back
+    assert probe([16] * 4, [500] * 4) == [0] * 4  # 9.2 lost: more than the 16 tokens left could win back
+    assert probe([64] * 4, [500] * 4) == [3] * 4  # 64 tokens left: up to 30.8 won back
+    # without a measured catch-up, the drafter's c times the target's prompt rate prices it
+    fresh = CostModel(c=0.2, ewma=1.0)
+    fresh.observe_prefill(1000, 10.0)
+    fresh.batch_size = 4
+    fresh.set_step_time(0.5)
+    assert fresh.catch_up_steps(1200) == pytest.approx(1200 * 0.2 * 0.01 / 0.5)
+
+
+def test_batch_probes_only_where_the_pairs_acceptance_would_pay():
+    # a probe asks whether rows that went plain have recovered: worth it only if accepting as well as the pair
+    # does would beat plain decoding at this batch size
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.6 * k, ewma=1.0)  # a steep verify, as at 16 rows on the CPU
+    cm.batch_size = 4
+    cm.set_step_time(0.5)
+    for _ in range(50):
+        cm.observe_acceptance(3, 0)
+    rows = _rows(*[0.05] * 4, cm=cm)
+    assert cm.pair_alpha < 0.05 and batch_k(rows, [p.propose_k() for p in rows], [64] * 4, cm) == [0] * 4
+    for _ in range(200):
+        cm.observe_acceptance(3, 3)
+    rows = _rows(*[0.05] * 4, cm=cm)
+    assert cm.pair_alpha > 0.95 and batch_k(rows, [p.propose_k() for p in rows], [64] * 4, cm) == [3] * 4
 
 
 def test_batch_of_plain_rows_probes_once_per_schedule_not_once_per_row():
     # 8 rows whose drafter is useless: alone each probes on its own clock; in a batch they share one,
     # so the batch pays about as many probes as one row would (not 8x as many)
-    rows = [CostAware(k_max=4, cost_model=BATCH_COSTS, probe_every=4, probe_max=16, **strong(0.01))
-            for _ in range(8)]
-    single = CostAware(k_max=4, cost_model=BATCH_COSTS, probe_every=4, probe_max=16, **strong(0.01))
+    rows = _rows(*[0.01] * 8, probe_every=4, probe_max=16)
+    single = _rows(0.01, probe_every=4, probe_max=16)[0]
     batch_probes = single_probes = 0
     for step in range(100):
         proposed = [p.propose_k() for p in rows]
-        ks = batch_k(rows, proposed, [16] * 8, BATCH_COSTS)
+        ks = batch_k(rows, proposed, [16] * 8, rows[0].cost_model)
         batch_probes += any(ks)
         for p, k in zip(rows, ks):
             p.observe(k=k, drafted=k, accepted=0, draft_s=0.0, verify_s=0.0)
