@@ -136,8 +136,11 @@ DEFAULT_C = 0.18  # SmolLM2-135M step (~83 ms) / 1.5B step (~470 ms)
 # A prompt forward over fewer cells (rows x columns) than this is bound by streaming the weights, not by
 # compute, so it says nothing about the seconds per token of a wide forward.
 PREFILL_MIN_CELLS = 64
-# The pair's acceptance starts as this many trials at alpha = 0.5 (CostModel.pair_alpha).
-PAIR_PRIOR_TRIALS = 2.0
+# A batch of rows drafts only where that beats plain decoding by this factor (see batch_k).
+BATCH_MARGIN = 1.1
+# The pair's acceptance starts as this many trials at alpha = 0.5 (CostModel.pair_alpha): about what a few
+# rows' first drafts add, so that it takes more than one unlucky row to turn a pair off.
+PAIR_PRIOR_TRIALS = 8.0
 
 
 def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
@@ -183,12 +186,12 @@ class CostModel:
     starts from it instead of a blind prior, so a new row does not go plain on its first rejection when the
     pair is known to be good.
 
-    Two rates bound what wide forwards cost, whatever the batch size: the target's seconds per cell (row x
+    Two rates say what wide forwards cost, whatever the batch size: the target's seconds per cell (row x
     column) of a prompt forward (`observe_prefill`), where compute, not weight streaming, sets the time; and
     the drafter's seconds per cell of a catch-up (`observe_catch_up`: its first draft over a prompt, or over
-    the tokens of plain steps). The first floors v(k): a verify of B rows over k+1 tokens costs at least
-    B(k+1) prompt cells, which is what the one-row priors miss at 16 rows (v(16) is 10, not 4). The second
-    prices a probe's catch-up (`catch_up_steps`).
+    the tokens of plain steps). The first predicts v(k) where it was not measured (see `v`), which is what
+    the one-row priors miss at 16 rows (v(16) is 10, not 4). The second prices a probe's catch-up
+    (`catch_up_steps`).
     """
 
     def __init__(self, c: float = DEFAULT_C,
@@ -280,8 +283,8 @@ class CostModel:
     @property
     def pair_alpha(self) -> float | None:
         """The pair's per-token acceptance over the steps observed so far (None before any), smoothed by
-        PAIR_PRIOR_TRIALS at 0.5: one rejected warm-up draft read as alpha = 0 started every later row plain,
-        and their probes waited longer than the rows lasted."""
+        PAIR_PRIOR_TRIALS at 0.5: one rejected warm-up draft read as alpha = 0 (or 0.25 with 2 trials) started
+        every later row plain, and their probes waited longer than the rows lasted."""
         if self._acc_n <= 0:
             return None
         return (self._acc_s + 0.5 * PAIR_PRIOR_TRIALS) / (self._acc_n + PAIR_PRIOR_TRIALS)
@@ -303,31 +306,31 @@ class CostModel:
         return self._m.draft_tok_s / t1
 
     def v(self, k: int) -> float:
-        """v(k): measured where k was measured; between measured points, interpolated; outside them,
-        the prior's shape scaled to the nearest measured point. A prior that is off by a factor (other
-        kernels, another machine, another batch size) thus steers only until one k is measured; a policy
-        that learnt v(3) on hardware twice as fast as the prior still sees v(8) as cheap. Where k was not
-        measured, never less than the compute floor: B(k+1) prompt cells against a plain step."""
+        """v(k): measured where k was measured; between measured points, interpolated. Elsewhere, once the
+        plain step at this batch size and the target's prompt rate are known, a forward is a fixed cost plus
+        the prompt rate per extra cell: each drafted token adds B cells, so v(k) = 1 + B*k*rate/t1 (from the
+        nearest measured point, if any). On the 2-core CPU that predicted v(7) = 1.5 at one row, v(3) = 2.6 and
+        v(16) = 9.7 at 16 rows, against 1.5-1.6, 2.55 and 10.4 measured. Before that, the prior, scaled to the
+        nearest measured point: a prior off by a factor steers only until one k is measured."""
         if k == 0:
             return 1.0
         m = self._m
         if m.t1 is not None and k in m.verify_s:
             return m.verify_s[k] / m.t1
+        slope = self.batch_size * self._prefill_cell_s / m.t1 if m.t1 and self._prefill_cell_s else None
         if m.t1 is None or not m.verify_s:
-            est = float(self._v_prior(k))
-        else:
-            ks = sorted(m.verify_s)
-            j = bisect.bisect_left(ks, k)
-            if 0 < j < len(ks):  # between two measured points
-                k0, k1 = ks[j - 1], ks[j]
-                v0, v1 = m.verify_s[k0] / m.t1, m.verify_s[k1] / m.t1
-                est = v0 + (v1 - v0) * (k - k0) / (k1 - k0)
-            else:
-                near = ks[0] if j == 0 else ks[-1]
-                est = m.verify_s[near] / m.t1 * float(self._v_prior(k)) / float(self._v_prior(near))
-        if m.t1 is not None and self._prefill_cell_s is not None:
-            est = max(est, self.batch_size * (k + 1) * self._prefill_cell_s / m.t1)
-        return est
+            return 1.0 + slope * k if slope is not None else float(self._v_prior(k))
+        ks = sorted(m.verify_s)
+        j = bisect.bisect_left(ks, k)
+        if 0 < j < len(ks):  # between two measured points
+            k0, k1 = ks[j - 1], ks[j]
+            v0, v1 = m.verify_s[k0] / m.t1, m.verify_s[k1] / m.t1
+            return v0 + (v1 - v0) * (k - k0) / (k1 - k0)
+        near = ks[0] if j == 0 else ks[-1]
+        v_near = m.verify_s[near] / m.t1
+        if slope is not None:
+            return max(1.0, v_near + slope * (k - near))
+        return v_near * float(self._v_prior(k)) / float(self._v_prior(near))
 
     def step_cost(self, k: int) -> float:
         """Cost of a step that drafts k tokens; a plain step (k=0) costs 1."""
@@ -492,7 +495,7 @@ class CostAware(_Policy):
 
 
 def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Sequence[int],
-            cost_model: CostModel, behind: Sequence[int] | None = None) -> list[int]:
+            cost_model: CostModel, behind: Sequence[int] | None = None, margin: float = BATCH_MARGIN) -> list[int]:
     """One lookahead for a batch of cost-aware rows that verify in one target forward.
 
     A batched step costs its widest draft: K drafter forwards and v(K) for the verify, whatever the
@@ -505,6 +508,11 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     and restarts its probe schedule with the others, unless the probe could not pay for itself (`_probe_pays`).
     `rooms`: tokens each row may still draft (its budget less the bonus token). `behind`: tokens each row's
     drafter has not seen since it last drafted (what a probe must catch up on), if known.
+
+    A batch drafts only where its expected tokens per cost beat plain decoding by `margin`: at 2-8 rows on the
+    CPU the best K gains a few percent at most, the costs of a width not yet measured were off by up to 12%,
+    and a wrong guess also pays the drafter's catch-up (HumanEval, 8 rows of 32 tokens: 0.93x batched AR at
+    4 rows without the margin).
 
     A batch size whose plain step is not timed yet decodes plainly: the priors are one row's costs, and at 16
     rows they put v(16) at 4 where it is 10, which drew a first step of K = 16 costing 15 plain steps.
@@ -525,7 +533,7 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
         return tokens / cost
 
     alphas = [p.alpha for p in policies]
-    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k, alphas), -k))
+    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k, alphas) / (margin if k else 1.0), -k))
     if best == 0:
         # a probe's own width, not the k_max a lone row would draft it to while its drafter is confident
         probing = [bool(k) and p.decision().get("reason") == "probe" for p, k in zip(policies, proposed)]

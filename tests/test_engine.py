@@ -250,7 +250,7 @@ def test_cost_model_learns_c_without_the_drafters_catch_up_and_the_pairs_accepta
     for st in steps:
         if st.drafted:
             s, n = 0.99 * s + st.accepted, 0.99 * n + st.accepted + (st.accepted < st.drafted)
-    assert cm.pair_alpha == pytest.approx((s + 1) / (n + 2))  # smoothed by 2 trials at 0.5
+    assert cm.pair_alpha == pytest.approx((s + 4) / (n + 8))  # smoothed by 8 trials at 0.5
 
 
 def test_engine_measures_costs_at_each_steps_rows_per_forward(target, tiny_zoo, reference):

@@ -364,7 +364,7 @@ def test_make_policy_params_and_errors():
     assert a.cost_model is b.cost_model  # costs and the pair's acceptance shared, each row's evidence its own
     a.observe(3, 3, 0, 0.0, 0.0)
     b.observe(3, 3, 3, 0.0, 0.0)
-    pair = (3 + 1) / (3.99 + 2)  # 0 of 3 (1 trial), decayed 0.99, then 3 of 3; smoothed by 2 trials at 0.5
+    pair = (3 + 4) / (3.99 + 8)  # 0 of 3 (1 trial), decayed 0.99, then 3 of 3; smoothed by 8 trials at 0.5
     assert cm.pair_alpha == pytest.approx(pair)
     assert a.alpha == pytest.approx(2 * pair / 3) and b.alpha == pytest.approx((2 * pair + 3) / 5)
     with pytest.raises(ValueError, match="analysis"):
@@ -456,7 +456,10 @@ def test_batch_k_one_width_for_the_batch():
     # together K=1: (1.9 + 1.05) / 1.4 = 2.107 beats plain 2 / 1 and K=2: (2.71 + 1.0525) / 1.8 = 2.090
     rows = _rows(0.9, 0.05)
     proposed = [p.propose_k() for p in rows]
-    assert proposed == [4, 3] and batch_k(rows, proposed, [16, 16], rows[0].cost_model) == [1, 1]
+    assert proposed == [4, 3] and batch_k(rows, proposed, [16, 16], rows[0].cost_model, margin=1.0) == [1, 1]
+    # ... but by 5% only: under the default margin (10%) the batch decodes plainly
+    rows = _rows(0.9, 0.05)
+    assert batch_k(rows, [4, 0], [16, 16], rows[0].cost_model) == [0, 0]
     # a row near its budget: K=2: (2.71 + 2.71) / 1.8 = 3.011 beats K=3: (2.71 + 3.439) / 2.2 = 2.795
     rows = _rows(0.9, 0.9)
     assert batch_k(rows, [4, 4], [2, 16], rows[0].cost_model) == [2, 2]
@@ -498,20 +501,22 @@ def test_batch_decodes_plainly_until_its_own_plain_step_is_timed():
     assert batch_k(rows, [p.propose_k() for p in rows], [16] * 4, cm) == [4] * 4
 
 
-def test_cost_model_floors_an_unmeasured_verify_at_the_prompt_rate():
+def test_cost_model_predicts_an_unmeasured_verify_from_the_prompt_rate():
+    # a forward = a fixed cost + the prompt rate per cell; each drafted token adds a cell per row
     cm = CostModel(c=0.2, v=lambda k: 1 + 0.2 * k, ewma=1.0)
     cm.observe_prefill(32, 10.0)  # too few cells to be bound by compute: ignored
     cm.observe_prefill(4096, 40.96)  # 10 ms per cell
     cm.batch_size = 16
-    assert cm.v(16) == pytest.approx(1 + 0.2 * 16)  # no plain step timed at 16 rows: nothing to floor against
+    assert cm.v(16) == pytest.approx(1 + 0.2 * 16)  # no plain step timed at 16 rows: the prior
     cm.set_step_time(0.5)
-    assert cm.v(3) == pytest.approx(1.6)  # the prior, where it is above the floor (64 cells: 1.28)
-    assert cm.v(16) == pytest.approx(16 * 17 * 0.01 / 0.5)  # 5.44 where the one-row prior says 4.2
-    cm.update(16, 1.6, 5.0)  # measured wins over the floor
-    assert cm.v(16) == pytest.approx(10.0)
+    assert cm.v(16) == pytest.approx(1 + 16 * 16 * 0.01 / 0.5)  # 6.12 where the one-row prior says 4.2
+    cm.update(4, 0.8, 2.0)  # v(4) = 4 measured: it wins, and anchors the rest
+    assert cm.v(4) == pytest.approx(4.0) and cm.v(16) == pytest.approx(4.0 + 16 * 12 * 0.01 / 0.5)
+    assert cm.v(2) == pytest.approx(4.0 - 16 * 2 * 0.01 / 0.5)  # below the point too, never under 1
     cm.batch_size = 1
-    cm.set_step_time(0.3)
-    assert cm.v(16) == pytest.approx(1 + 0.2 * 16)  # one row: 17 cells cost less than the prior says
+    cm.set_step_time(0.25)
+    assert cm.v(7) == pytest.approx(1 + 7 * 0.01 / 0.25)  # one row: 1.28
+    assert CostModel().v(7) == pytest.approx(2.92)  # no rate: the prior
 
 
 def test_batch_probe_waits_until_it_can_repay_the_drafters_catch_up():
@@ -544,11 +549,11 @@ def test_batch_probes_only_where_the_pairs_acceptance_would_pay():
     cm = CostModel(c=0.2, v=lambda k: 1 + 0.6 * k, ewma=1.0)  # a steep verify, as at 16 rows on the CPU
     cm.batch_size = 4
     cm.set_step_time(0.5)
-    for _ in range(50):
+    for _ in range(300):
         cm.observe_acceptance(3, 0)
     rows = _rows(*[0.05] * 4, cm=cm)
     assert cm.pair_alpha < 0.05 and batch_k(rows, [p.propose_k() for p in rows], [64] * 4, cm) == [0] * 4
-    for _ in range(200):
+    for _ in range(500):
         cm.observe_acceptance(3, 3)
     rows = _rows(*[0.05] * 4, cm=cm)
     assert cm.pair_alpha > 0.95 and batch_k(rows, [p.propose_k() for p in rows], [64] * 4, cm) == [3] * 4
