@@ -244,7 +244,7 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - a broken drafter must not cost the rows
                 proposer = self._fall_back(batch, e)
         costs = getattr(self.policy_factory, "cost_model", None)
-        if self._learn_costs:  # the target's seconds per prompt cell bound what a wide verify costs
+        if self._learn_costs:  # the target's seconds per prompt cell predict what an unmeasured verify costs
             costs.observe_prefill(len(batch) * max(len(st.prompt_ids) for st in batch), t_prompt)
         while active:
             B = len(active)
