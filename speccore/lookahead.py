@@ -540,7 +540,7 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
         if not any(probing):
             return [0] * len(policies)
         best = max(min(k, p.probe_k) for p, k, pr in zip(policies, proposed, probing) if pr)
-        if not _probe_pays(best, alphas, rooms, cost_model, catch_up, kmax, tokens_per_cost):
+        if not _probe_pays(best, alphas, rooms, horizon, cost_model, catch_up, kmax, tokens_per_cost):
             return [0] * len(policies)
         for p, pr in zip(policies, probing):
             if not pr:
@@ -550,15 +550,15 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     return [min(best, r) for r in rooms]
 
 
-def _probe_pays(width: int, alphas: Sequence[float], rooms: Sequence[int], cm: CostModel, catch_up: float,
-                kmax: int, tokens_per_cost) -> bool:
+def _probe_pays(width: int, alphas: Sequence[float], rooms: Sequence[int], horizon: float, cm: CostModel,
+                catch_up: float, kmax: int, tokens_per_cost) -> bool:
     """Whether a batch probe of `width` could repay what it costs before the rows run out of room.
 
     The probe loses, in plain steps: its step cost, plus the drafter's catch-up (`catch_up` plain steps: rows x
     the longest tail it has not seen, as the drafter's forward pads), less the tokens it is expected to
     yield per row. What it can win back, if it finds the rows accepting as well as the pair does (each row at
     the larger of its alpha and the pair's; at alpha 1 while the pair has no record): the best K's speedup S
-    over the rows' mean remaining room, (1 - 1/S) plain steps per step. A probe finds out whether rows that
+    over the rows' mean remaining room (`horizon`), (1 - 1/S) plain steps per step. A probe finds out whether rows that
     went plain have recovered, so it is only worth its cost where the pair's own acceptance would pay at this
     batch size. At 16 rows on the CPU the catch-up over 16 prompts alone costs 5-10 plain steps, and even at
     alpha 1, S is about 1.45: with 32 new tokens the bound at alpha 1 said "probe" on some runs and lost 5%.
@@ -570,7 +570,6 @@ def _probe_pays(width: int, alphas: Sequence[float], rooms: Sequence[int], cm: C
     pair = cm.pair_alpha
     hope = [1.0] * B if pair is None else [max(a, pair) for a in alphas]
     s_max = max(tokens_per_cost(k, hope, amortise=False) for k in range(1, kmax + 1)) / B
-    horizon = sum(rooms) / B
     return s_max > 1 and horizon * (1 - 1 / s_max) > loss
 
 
