@@ -50,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--target", required=True, help="catalog name, local model directory or hub id")
-    a("--pairs", default="ar,prompt-lookup", help="comma list: ar, prompt-lookup, drafter refs (catalog/dir/hub)")
+    a("--pairs", default="ar,prompt-lookup", help="comma list: ar, prompt-lookup, drafter refs (catalog/dir/hub); "
+      "a drafter ref ending in @int8 runs that drafter int8-packed (its transformers peer stays fp32)")
     a("--policies", default="constant,heuristic,confidence,cost", help="speccore lookahead policies to run per pair")
     a("--dataset", default="humaneval", help="humaneval | sharegpt | a .jsonl/.csv/.parquet file")
     a("--n", type=int, default=10, help="counted prompts: the first N valid rows (row N+1 is the warm-up)")
@@ -115,8 +116,12 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
+INT8 = "@int8"  # a pair suffix: the same drafter, packed int8 (speccore.prepack); transformers' peer stays fp32
+
+
 def _label(ref: str) -> str:
-    return Path(ref).name if Path(ref).expanduser().is_dir() else ref
+    ref, suffix = (ref[: -len(INT8)], INT8) if ref.endswith(INT8) else (ref, "")
+    return (Path(ref).name if Path(ref).expanduser().is_dir() else ref) + suffix
 
 
 def _rss_now() -> int | None:
@@ -452,7 +457,8 @@ def build_configs(args, target, drafters: dict, costs: dict | None, rec: HfRecor
         runs = [(pol, args.k) for pol in args.policies]
         if args.oracle_k:
             runs.append((f"k{args.oracle_k}", args.oracle_k))
-        hf_peer = f"hf:{label}" if hf else None
+        hf_label = label.removesuffix(INT8)  # an int8 drafter's peer is transformers with the fp32 drafter
+        hf_peer = f"hf:{hf_label}" if hf else None
         try:
             cfg, proposer, algo = pair_setup(args, target, label, drafter)
         except Exception as e:  # noqa: BLE001 - e.g. a pair speccore refuses: say so, go on
@@ -464,7 +470,7 @@ def build_configs(args, target, drafters: dict, costs: dict | None, rec: HfRecor
                                k, costs)
             cfgs.append(Config(f"sc:{label}/{pol}", "speccore", label, pol, algo, {"k": k, "k_max": args.k_max},
                                spec=spec, own_ar="sc:ar", peer=hf_peer))
-        if not hf:
+        if not hf or any(c.name == hf_peer for c in cfgs):
             continue
         if label == PLD:
             cfgs.append(Config(f"hf:{PLD}", "hf", PLD, "prompt_lookup", "prompt_lookup",
@@ -476,7 +482,7 @@ def build_configs(args, target, drafters: dict, costs: dict | None, rec: HfRecor
         same, kw = assist_kwargs(target, drafter)
         for var in args.hf_variants:
             ov = HF_VARIANTS[var]
-            cfgs.append(Config(f"hf:{label}" + ("" if var == "default" else f"/{var}"), "hf", label, var,
+            cfgs.append(Config(hf_peer + ("" if var == "default" else f"/{var}"), "hf", hf_label, var,
                                "assisted" if same else "uag", hf_assist_settings(drafter, same, ov),
                                run=hf_runner(target, rec, args.device, assistant=drafter, overrides=ov, **kw),
                                own_ar="hf:ar"))
@@ -838,7 +844,7 @@ def _main(args, transformers, load_model) -> dict:
     drafters = {}
     for pair in args.pairs:
         if pair not in (AR, PLD) and _label(pair) not in drafters:
-            drafters[_label(pair)] = load_model(pair, dtype=args.dtype, device=args.device)
+            drafters[_label(pair)] = load_model(pair.removesuffix(INT8), dtype=args.dtype, device=args.device)
     models = {"target:" + _label(args.target): target, **{k: v for k, v in drafters.items()}}
     pbytes = {k: _param_bytes(m.model) for k, m in models.items()}  # before packing: the fp32 models' size
     packed = {}
@@ -846,7 +852,7 @@ def _main(args, transformers, load_model) -> dict:
         from speccore.prepack import prepack
 
         # the dense weights stay only for transformers' peers: with --no-hf, memory is the pipeline's
-        packed = {k: prepack(m.model, keep_dense=not args.no_hf) for k, m in models.items()}
+        packed = {k: prepack(m.model, keep_dense=not args.no_hf, int8=k.endswith(INT8)) for k, m in models.items()}
     rss_load, peak_load = _rss_now(), _peak_rss()
     counted, warm, skipped = load_rows(args, target)
     if not counted:

@@ -64,6 +64,9 @@ class DrafterConfig:
     ref: str | None = None
     dtype: str | None = None
     trust_remote_code: bool = False
+    # int8: on the CPU with hardware.prepack, most of the drafter's linears run in int8 (speccore/prepack.py).
+    # Lossy, but only for proposals: the target verifies every token, so outputs do not change.
+    quantize: str = "none"  # none | int8
     ngram_max: int = 3  # prompt lookup: longest suffix n-gram to match
     ngram_min: int = 1
 
@@ -233,6 +236,7 @@ def _validate(cfg: RunConfig) -> RunConfig:
     need(cfg.runner.max_workers >= 1, "runner.max_workers must be >= 1")
     need(cfg.hardware.kind in DEVICES, f"hardware.kind must be one of {DEVICES}")
     need(cfg.hardware.dtype in ("float32", "float64", "bfloat16", "float16"), "hardware.dtype is not a known dtype")
+    need(cfg.drafter.quantize in ("none", "int8"), "drafter.quantize must be none or int8")
     need(cfg.hardware.price_per_hour >= 0, "hardware.price_per_hour must be >= 0")
     if cfg.run.run_id is not None:
         check_run_id(cfg.run.run_id)

@@ -417,10 +417,12 @@ def load_model(
     trust_remote_code: bool = False,
     find_links: str | None = None,
     prepack: bool = False,
+    int8: bool = False,
 ) -> LoadedModel:
     """Load a catalog model, a local directory or a hub id, from safetensors only.
 
     prepack: on the CPU, swap fp32 linears for oneDNN pre-packed ones (speccore/prepack.py).
+    int8: with prepack, pack most linears as int8 instead: for a drafter only, never a target.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -440,7 +442,9 @@ def load_model(
     if prepack and str(device) == "cpu":
         from .prepack import prepack as pack
 
-        log.info("%s: %d linears pre-packed for oneDNN", ref, pack(model))
+        log.info("%s: %d linears pre-packed%s", ref, pack(model, int8=int8), " (int8)" if int8 else "")
+    elif int8:
+        log.warning("%s: int8 drafting runs on the CPU with prepack only; it stays %s on %s", ref, dtype, device)
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     eos = tuple(sorted(set(_as_ids(model.generation_config.eos_token_id) + _as_ids(tok.eos_token_id))))
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

@@ -22,19 +22,20 @@ from . import store
 
 log = logging.getLogger(__name__)
 
-_MODELS: dict[tuple, object] = {}  # (ref, dtype, device, trust_remote_code, prepack) -> LoadedModel, per process
+_MODELS: dict[tuple, object] = {}  # (ref, dtype, device, trust_remote_code, prepack, int8) -> LoadedModel, per process
 _MODELS_LOCK = threading.Lock()
 
 
-def get_model(ref: str, dtype: str, device: str, trust_remote_code: bool = False, prepack: bool = False):
+def get_model(ref: str, dtype: str, device: str, trust_remote_code: bool = False, prepack: bool = False,
+              int8: bool = False):
     from .models import load_model
 
-    key = (ref, dtype, device, trust_remote_code, prepack)
+    key = (ref, dtype, device, trust_remote_code, prepack, int8)
     with _MODELS_LOCK:  # two shard threads starting together load a model once, not twice
         if key not in _MODELS:
             t = time.perf_counter()
             _MODELS[key] = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                                      prepack=prepack)
+                                      prepack=prepack, int8=int8)
             log.info("loaded %s (%s, %s) in %.1fs", ref, dtype, device, time.perf_counter() - t)
     return _MODELS[key]
 
@@ -105,7 +106,7 @@ def _build_engine(cfg: RunConfig) -> Engine:
         drafter = None
         if cfg.drafter.kind == "model":
             drafter = get_model(cfg.drafter.ref, cfg.drafter_dtype(), device, cfg.drafter.trust_remote_code,
-                                cfg.hardware.prepack)
+                                cfg.hardware.prepack, cfg.drafter.quantize == "int8")
         proposer, policy_factory, algorithm = make_proposer(cfg, target, drafter)
     return Engine(target, proposer=proposer, policy_factory=policy_factory, sampling=cfg.sampling,
                   batch_size=cfg.runner.batch_size, run_seed=cfg.run.seed,

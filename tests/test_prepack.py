@@ -105,6 +105,75 @@ def test_speculative_greedy_on_packed_models_equals_target_alone(tiny_zoo, draft
     assert {r.row_id: r.output_ids for r in spec} == {r.row_id: r.output_ids for r in own} == hf
 
 
+def _int8(model):
+    return [m for m in model.modules() if isinstance(m, prepack.Int8Linear)]
+
+
+int8_only = pytest.mark.skipif(not prepack.int8_available(), reason="this torch build has no fbgemm int8 linear")
+
+
+@int8_only
+def test_int8_packs_all_but_the_down_projections_and_the_tied_head_too(tiny_zoo):
+    tied = load_model(str(tiny_zoo["target-qwen-g"]), dtype="float32")  # lm_head shares the embedding
+    emb = tied.model.model.embed_tokens.weight
+    names = {n.rsplit(".", 1)[-1] for n, m in tied.model.named_modules() if type(m) is nn.Linear}
+    assert "down_proj" in names and "lm_head" in names
+    n_lin, n_down = len(_linears(tied.model)), sum(1 for n, m in tied.model.named_modules() if n.endswith("down_proj"))
+    assert prepack.prepack(tied.model, int8=True) == n_lin  # the tied head included
+    assert _linears(tied.model) == []
+    assert isinstance(tied.model.lm_head, prepack.Int8Linear)
+    assert tied.model.model.embed_tokens.weight is emb  # the embedding still reads the dense weight
+    fp32 = [n for n, m in tied.model.named_modules() if type(m) is prepack.PackedLinear]
+    assert len(fp32) == n_down and all(n.endswith("down_proj") for n in fp32)
+    assert len(_int8(tied.model)) == n_lin - n_down
+    assert tied.model.get_output_embeddings().weight.shape == emb.shape  # what the engine reads: the width
+
+
+@int8_only
+def test_int8_logits_are_close_and_dense_linears_switches_back(tiny_zoo):
+    lm = load_model(str(tiny_zoo["drafter-llama-g"]), dtype="float32")
+    ids = torch.tensor([lm.tokenizer("def fibonacci(n):\n    return fib(n - 1) + fib(n - 2)")["input_ids"]])
+    with torch.inference_mode():
+        dense = lm.model(ids).logits
+        prepack.prepack(lm.model, keep_dense=True, int8=True)
+        q = lm.model(ids).logits
+        with prepack.dense_linears(lm.model):
+            again = lm.model(ids).logits
+    assert torch.equal(again, dense)
+    assert not torch.equal(q, dense)  # int8 is lossy: really quantised
+    rel = ((q - dense).norm() / dense.norm()).item()
+    assert rel < 0.05, rel
+    agree = (q.argmax(-1) == dense.argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree
+
+
+@int8_only
+@pytest.mark.parametrize("drafter", ["drafter-llama-g", "drafter-llama-m"])
+def test_int8_drafter_leaves_the_output_exact(tiny_zoo, drafter):
+    """A quantised drafter only changes what is proposed: outputs equal the target's own greedy output,
+    and the int8 drafter still gets drafts accepted. Built as the pipeline builds it (drafter.quantize)."""
+    from speccore.worker import build_engine
+
+    ref = str(tiny_zoo["target-llama-g"])
+    cfg = compose(["target=hf", f"target.ref={ref}", "drafter=hf", f"drafter.ref={tiny_zoo[drafter]}",
+                   "drafter.quantize=int8", f"sampling.max_new_tokens={NEW}", "speculation.lookahead=heuristic",
+                   "runner.batch_size=3"], config_dir="conf")
+    rows = [make_row({"prompt": p}, f"r{i}") for i, p in enumerate(PROMPTS)]
+    eng = build_engine(cfg)
+    assert _int8(eng.proposer.drafter.model)
+    spec, steps = eng.generate(rows)
+    target = load_model(ref, dtype="float32")
+    prepack.prepack(target.model)
+    own, _ = Engine(target, sampling=cfg.sampling, batch_size=3).generate(rows)
+    assert [r.status for r in spec] == ["ok"] * 3 and sum(s.accepted for s in steps) > 0
+    assert {r.row_id: r.output_ids for r in spec} == {r.row_id: r.output_ids for r in own}
+
+
+def test_drafter_quantize_is_validated():
+    with pytest.raises(ValueError, match="drafter.quantize"):
+        compose(["drafter.quantize=int4"], config_dir="conf")
+
+
 def _resident_kib(path) -> int:
     """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
     total, inside = 0, False
