@@ -111,6 +111,7 @@ class CrossVocabProposer:
     """Shared machinery of SLEM and TLI; subclasses choose the drafter token and build the Draft."""
 
     name = "crossvocab"
+    reports_confidence = True  # its draft loop asks policy.should_continue with the drafter's top probability
 
     def __init__(self, drafter, target_tokenizer, allow_special_tokens: bool = False):
         self.drafter = drafter

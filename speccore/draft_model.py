@@ -102,6 +102,7 @@ class DraftModelProposer:
     """Standard speculative decoding with a drafter that shares the target's vocabulary."""
 
     name = "standard"
+    reports_confidence = True  # its draft loop asks policy.should_continue with the drafter's top probability
 
     def __init__(self, drafter, target_vocab: int):
         self.drafter = drafter

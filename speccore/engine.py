@@ -155,6 +155,7 @@ class Engine:
                                            f"target's context of {ctx} tokens")
         seed = smp.row_seed(self.run_seed, row.row_id, row.seed)
         policy = self.policy_factory() if self.proposer is not None else PlainPolicy()
+        policy.drafter_confidence = bool(getattr(self.proposer, "reports_confidence", False))
         return RowState(row=row, prompt_ids=ids, params=params, gen=smp.make_generator(seed), seed=seed,
                         max_new=max_new, stop=tuple(row.stop if row.stop is not None else s.stop), policy=policy)
 

@@ -307,6 +307,7 @@ class SlrsProposer(CrossVocabProposer):
     """SLRS with a character- or byte-level drafter: drafts target tokens with ψ as their q rows."""
 
     name = "slrs"
+    reports_confidence = True  # its draft loop asks policy.should_continue with the drafter's top probability
 
     def __init__(self, drafter, target_tokenizer, target_vocab: int, target_eos: int = -1,
                  allow_special_tokens: bool = False, max_nodes: int = 256, min_mass: float = 1e-4):

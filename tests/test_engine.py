@@ -267,3 +267,40 @@ def test_engine_measures_costs_at_each_steps_rows_per_forward(target, tiny_zoo, 
         if s.row_id in first_batch and s.batch_size > 1 and first.setdefault(s.batch_size, s.step) == s.step:
             assert s.drafted == 0, s
     assert len(first) > 1 and cm.snapshot()["prefill_cell_s"] > 0  # the prompt rate: it predicts unmeasured verifies
+
+
+@pytest.mark.parametrize("drafter,confident", [("drafter-llama-g", True), ("drafter-llama-m", True), ("ngram", False)])
+def test_cost_aware_rows_use_the_drafters_confidence_from_their_first_step(target, tiny_zoo, reference,
+                                                                           drafter, confident, monkeypatch):
+    """A model drafter reports its confidence (the proposer says so up front), so a cost-aware row's very
+    first draft already runs to k_max and stops at the first unsure token. Found out only at the first
+    should_continue, every row's first draft went to k* with no stop (8 drafted, 0 accepted, on a real pair).
+    Prompt lookup has no confidence: its drafts stop at the cost model's k."""
+    import json
+    import time
+
+    from speccore.decoder import CachedLM
+
+    eng, cfg = engine_for(target, tiny_zoo, drafter, "cost", 1)
+    assert getattr(eng.proposer, "reports_confidence", False) is confident
+    forward = CachedLM.forward
+
+    def slow_target(self, new_ids, last_only=False):  # a target dearer than its drafter: drafting pays
+        if self.model is target.model:
+            time.sleep(0.02)
+        return forward(self, new_ids, last_only)
+
+    monkeypatch.setattr(CachedLM, "forward", slow_target)
+    results, steps = eng.generate(rows())
+    assert {r.row_id: r.output_ids for r in results} == reference
+    firsts = {}
+    for s in steps:
+        d = json.loads(s.decision)
+        if d.get("reason") in ("argmax", "argmax+confidence", "probe"):
+            firsts.setdefault(s.row_id, d)
+    assert len(firsts) >= 3
+    for d in firsts.values():
+        if confident:
+            assert d["k"] == cfg.speculation.k_max and d["threshold"] == cfg.speculation.confidence_threshold, d
+        else:
+            assert "threshold" not in d and d["k"] < cfg.speculation.k_max, d

@@ -602,6 +602,9 @@ def test_cost_aware_decides_whether_to_draft_and_the_drafters_confidence_how_far
     assert not p.should_continue(1, 0.39) and p.should_continue(1, 0.4) and p.should_continue(k_star + 3, 0.9)
     p.join_batch(5)  # in a batch the row drafts the batch's k, with no confidence stop
     assert p.should_continue(k_star + 1, 0.01) and p.decision()["k"] == 5
+    told = CostAware(k_max=12, cost_model=cm, confidence_threshold=0.4, **strong(0.6))
+    told.drafter_confidence = True  # the engine's proposer says it reports confidences: from the first step
+    assert told.propose_k() == 12 and told.decision()["cost_k"] == k_star
 
 
 def test_cost_aware_without_confidence_stop_or_when_not_drafting_does_not_extend():
