@@ -90,8 +90,8 @@ class Int8Linear(PackedLinear):
     """y ~ x W^T + b with W in int8 (a scale per output row) and x quantised per call: drafters only.
 
     `packed` is fbgemm's packed weight (an opaque object, not a tensor), so `weight` reads the dense
-    weight when it is kept and otherwise a meta tensor of the right shape and dtype (for code that only
-    reads a linear's width).
+    weight when it is kept and otherwise a zero of the right shape, dtype and device that holds no memory
+    (one CPU scalar expanded), for code that only reads a linear's width or device.
     """
 
     @staticmethod
@@ -107,7 +107,7 @@ class Int8Linear(PackedLinear):
     def weight(self) -> torch.Tensor:
         if self.dense is not None:
             return self.dense
-        return torch.empty(self.out_features, self.in_features, dtype=torch.float32, device="meta")
+        return torch.zeros((), dtype=torch.float32).expand(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_dense:

@@ -148,7 +148,7 @@ def test_int8_logits_are_close_and_dense_linears_switches_back(tiny_zoo):
 
 
 @int8_only
-@pytest.mark.parametrize("drafter", ["drafter-llama-g", "drafter-llama-m"])
+@pytest.mark.parametrize("drafter", ["drafter-llama-g", "drafter-llama-m", "target-qwen-g"])  # the last: a tied head
 def test_int8_drafter_leaves_the_output_exact(tiny_zoo, drafter):
     """A quantised drafter only changes what is proposed: outputs equal the target's own greedy output,
     and the int8 drafter still gets drafts accepted. Built as the pipeline builds it (drafter.quantize)."""
