@@ -88,7 +88,7 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class SpeculationConfig:
     algorithm: str = "auto"
-    lookahead: str = "heuristic"
+    lookahead: str = "cost"
     k: int = 5  # constant k, and the heuristic's starting k
     k_max: int = 16
     confidence_threshold: float = 0.4
