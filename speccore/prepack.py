@@ -78,6 +78,9 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_dense:
             return F.linear(x, self.dense, self.bias)
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
@@ -107,9 +110,7 @@ class Int8Linear(PackedLinear):
             return self.dense
         return torch.zeros((), dtype=torch.float32).expand(self.out_features, self.in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_dense:
-            return F.linear(x, self.dense, self.bias)
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         # reduce_range=True: 7-bit activations, so fbgemm's AVX2 int8 multiply-adds cannot saturate
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]), self.packed, True)
