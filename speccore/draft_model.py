@@ -72,11 +72,12 @@ def draft_loop(lm: CachedLM, feeds: list[list[int]], ks: list[int], states, pick
             toks[b].append(tok)
             qs[b].append(q)
             i = len(toks[b])
+            go = states[b].policy.should_continue(i, top)  # every token: the policy learns from each confidence
             if tok in stop_ids:
                 live[b], reasons[b] = False, "eos"
             elif i >= ks[b]:
                 live[b] = False
-            elif not states[b].policy.should_continue(i, top):
+            elif not go:
                 live[b], reasons[b] = False, "confidence"
             else:
                 nxt[b] = [tok]

@@ -377,13 +377,14 @@ class SlrsProposer(CrossVocabProposer):
                 text = self.t.bytes[tok] if tok < len(self.t.bytes) and self.t.bytes[tok] else b""
                 drafted[b] += text
                 i = len(ids[b])
+                go = st.policy.should_continue(i, top)  # every token: the policy learns from each confidence
                 if tok == self.target_eos:
                     live[b], reasons[b] = False, "eos"
                 elif i >= ks[b]:
                     live[b] = False
                 elif complete_utf8(drafted[b]) != len(drafted[b]):  # ends inside a character
                     live[b], reasons[b] = False, "misaligned"
-                elif not st.policy.should_continue(i, top):
+                elif not go:
                     live[b], reasons[b] = False, "confidence"
         drafts = []
         for b in range(B):
