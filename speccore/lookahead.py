@@ -4,7 +4,7 @@ Small pure objects, one instance per row (the engine builds them with `make_poli
 state is per row. The engine calls, for every step of a row:
 
     k = policy.propose_k()                      # 0 = plain decoding, draft nothing
-    ... drafting token i (1-based): stop early if not policy.should_continue(i, top_prob) ...
+    ... after drafting token i (1-based): stop early if not policy.should_continue(i, top_prob) ...
     policy.observe(k, drafted, accepted, draft_s, verify_s)
     log(policy.decision())                      # what the choice was based on, for offline comparison
 
@@ -34,7 +34,8 @@ class LookaheadPolicy(Protocol):
 
     def should_continue(self, i: int, drafter_top_prob: float) -> bool:
         """After the drafter proposed its i-th token (1-based, kept) with top probability
-        `drafter_top_prob`: False means draft no further tokens this step."""
+        `drafter_top_prob`: False means draft no further tokens this step. A draft loop calls it for every
+        token it drafts, the last one too (its answer is then moot), so a policy sees each confidence."""
 
     def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
         """The step's outcome: k proposed, `drafted` actually drafted (<= k), `accepted` kept."""
@@ -144,6 +145,10 @@ BATCH_MARGIN = 1.1
 # The pair's acceptance starts as this many trials at alpha = 0.5 (CostModel.pair_alpha): about what a few
 # rows' first drafts add, so that it takes more than one unlucky row to turn a pair off.
 PAIR_PRIOR_TRIALS = 8.0
+# Upper edges of the drafter top-probability bins of the pair's calibration (CostModel.accept_prob), and the
+# pseudo-trials each bin starts with at its own midpoint (a drafter's confidence, taken at its word).
+CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0)
+CALIBRATION_PRIOR = 4.0
 
 
 def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
@@ -213,6 +218,8 @@ class CostModel:
         self.batch_size = 1
         self._at: dict[int, _Timings] = {}
         self._acc_s = self._acc_n = 0.0  # the pair's discounted accepted tokens and trials
+        self._cal_s = [0.0] * len(CONFIDENCE_EDGES)  # per confidence bin: discounted accepted tokens
+        self._cal_n = [0.0] * len(CONFIDENCE_EDGES)  # and trials
         self._prefill_cell_s: float | None = None  # target seconds per cell of a prompt forward
         self._catch_up_cell_s: float | None = None  # drafter seconds per cell of a catch-up
 
@@ -282,6 +289,26 @@ class CostModel:
         if drafted > 0:
             self._acc_s = decay * self._acc_s + accepted
             self._acc_n = decay * self._acc_n + accepted + (1 if accepted < drafted else 0)
+
+    def observe_confidences(self, tops: Sequence[float], drafted: int, accepted: int, decay: float = 0.99) -> None:
+        """One row's step: the drafter's top probability of each drafted token, in order (`drafted` of them),
+        `accepted` kept. Token j <= accepted was accepted and token accepted + 1 rejected, each given that the
+        tokens before it were accepted; later tokens were never tried."""
+        if drafted <= 0 or len(tops) != drafted:  # drafts not in target tokens (cross vocab): nothing to pair
+            return
+        self._cal_s = [decay * x for x in self._cal_s]
+        self._cal_n = [decay * x for x in self._cal_n]
+        for j, p in enumerate(tops[: accepted + 1]):
+            b = min(bisect.bisect_left(CONFIDENCE_EDGES, p), len(CONFIDENCE_EDGES) - 1)
+            self._cal_n[b] += 1
+            self._cal_s[b] += j < accepted
+
+    def accept_prob(self, top: float) -> float:
+        """P(a drafted token is accepted | its drafter top probability, the tokens before it accepted): the
+        pair's calibration, starting at the drafter's own word (the bin's midpoint)."""
+        b = min(bisect.bisect_left(CONFIDENCE_EDGES, top), len(CONFIDENCE_EDGES) - 1)
+        mid = (CONFIDENCE_EDGES[b] + (CONFIDENCE_EDGES[b - 1] if b else 0.0)) / 2
+        return (self._cal_s[b] + CALIBRATION_PRIOR * mid) / (self._cal_n[b] + CALIBRATION_PRIOR)
 
     @property
     def pair_alpha(self) -> float | None:
@@ -367,7 +394,7 @@ class CostAware(_Policy):
                  alpha_prior: float | None = None, prior_strength: float = 2.0, decay: float = 0.95,
                  probe_every: int = 8, probe_max: int = 64, probe_k: int = 3,
                  learn_costs: bool = True, confidence_threshold: float | None = 0.4,
-                 probe_budget: float | None = 0.03):
+                 probe_budget: float | None = 0.03, stop: str = "cost"):
         if (alpha_prior is not None and not 0.0 <= alpha_prior <= 1.0) or prior_strength <= 0 \
                 or not 0.0 < decay <= 1.0:
             raise ValueError("need alpha_prior in [0, 1], prior_strength > 0, decay in (0, 1]")
@@ -399,6 +426,17 @@ class CostAware(_Policy):
         if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"need confidence_threshold in [0, 1] or None, got {confidence_threshold}")
         self.confidence_threshold = confidence_threshold
+        # How a drafting step stops (with drafter confidences and a threshold): "cost" drafts the next token
+        # while P(every token so far accepted) x P(the next one accepted) >= what it costs (c + the verify's
+        # extra width), each token's P read off the pair's calibration of the drafter's top probability
+        # (CostModel.accept_prob), the next token's taken as the last one's; "confidence" stops after a token
+        # under the threshold. Replayed on 10 HumanEval and 10 ShareGPT traces with the int8 0.5B drafter
+        # (bench/replay.py): cost 85% / 73% of the oracle, confidence 79% / 64% (BENCHMARKS.md).
+        if stop not in ("cost", "confidence"):
+            raise ValueError(f"need stop 'cost' or 'confidence', got {stop!r}")
+        self.stop = stop
+        self._tops: list[float] = []  # the drafter's top probability of each token drafted this step
+        self._p_all = 1.0  # P(every token drafted so far this step is accepted)
         self._confidence_seen = False
         self._stop_on_confidence = False  # this step drafts while the drafter is confident
         self._s = 0.0  # discounted successes
@@ -439,6 +477,7 @@ class CostAware(_Policy):
         elif k > 0:
             self._plain_run, self._gap = 0, self.probe_every
         self._stop_on_confidence = False
+        self._tops, self._p_all = [], 1.0
         self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
                           "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
                           "tokens_per_cost": scores[k], "argmax_k": best, "probe_wait": wait}
@@ -447,7 +486,7 @@ class CostAware(_Policy):
         if reason in ("argmax", "probe") and self.confidence_threshold is not None and confident:
             self._stop_on_confidence, k = True, self.k_max
             self._decision.update(k=k, reason="argmax+confidence" if reason == "argmax" else reason,
-                                  cost_k=self._decision["k"], threshold=self.confidence_threshold)
+                                  cost_k=self._decision["k"], threshold=self.confidence_threshold, stop=self.stop)
         return k
 
     def _budget_gap(self, alpha: float) -> int:
@@ -461,7 +500,15 @@ class CostAware(_Policy):
 
     def should_continue(self, i: int, drafter_top_prob: float) -> bool:
         self._confidence_seen = True
-        return not self._stop_on_confidence or drafter_top_prob >= self.confidence_threshold
+        self._tops.append(drafter_top_prob)
+        if not self._stop_on_confidence:
+            return True
+        if self.stop == "confidence":
+            return drafter_top_prob >= self.confidence_threshold
+        cm = self.cost_model
+        q = cm.accept_prob(drafter_top_prob)
+        self._p_all *= q
+        return self._p_all * q >= cm.c + cm.v(i + 1) - cm.v(i)
 
     def join_batch(self, k: int) -> None:
         """The batch drafts k for every row: this row drafts all of it, with no confidence stop (the
@@ -493,6 +540,7 @@ class CostAware(_Policy):
                 # could lock itself out of a drafter that does pay.
                 backoff = rejected or not self.can_pay()
                 self._gap = min(max(2 * self._gap, self.probe_every), self.probe_max) if backoff else 0
+            self.cost_model.observe_confidences(self._tops, drafted, accepted)
             trials = accepted + (1 if rejected else 0)
             self._s = self.decay * self._s + accepted
             self._n = self.decay * self._n + trials

@@ -269,6 +269,34 @@ def test_engine_measures_costs_at_each_steps_rows_per_forward(target, tiny_zoo, 
     assert len(first) > 1 and cm.snapshot()["prefill_cell_s"] > 0  # the prompt rate: it predicts unmeasured verifies
 
 
+@pytest.mark.parametrize("drafter,extra", [("drafter-llama-g", ()), ("drafter-llama-m", ()),
+                                           ("drafter-llama-char", ("speculation.algorithm=slrs",))])
+def test_draft_loops_show_the_policy_every_drafted_tokens_confidence(target, tiny_zoo, reference, drafter, extra):
+    """The cost stop's calibration pairs each drafted token's confidence with its verdict, so a draft loop
+    reports the last token of a full draft too (it used to stop at k before asking)."""
+    from speccore.lookahead import Constant
+
+    seen: list[list[int]] = []
+
+    class Spy(Constant):
+        def propose_k(self):
+            seen.append([])
+            return super().propose_k()
+
+        def should_continue(self, i, top):
+            assert 0.0 <= top <= 1.0
+            seen[-1].append(i)
+            return True
+
+    eng, _ = engine_for(target, tiny_zoo, drafter, "constant", 1, extra=("speculation.k=3", *extra))
+    eng.policy_factory = lambda: Spy(3)
+    results, steps = eng.generate(rows())
+    assert {r.row_id: r.output_ids for r in results} == reference
+    drafted = [s for s in seen if s]
+    assert drafted and all(s == list(range(1, len(s) + 1)) for s in drafted)
+    assert max(map(len, drafted)) == 3
+
+
 @pytest.mark.parametrize("drafter,confident", [("drafter-llama-g", True), ("drafter-llama-m", True), ("ngram", False)])
 def test_cost_aware_rows_use_the_drafters_confidence_from_their_first_step(target, tiny_zoo, reference,
                                                                            drafter, confident, monkeypatch):

@@ -590,7 +590,7 @@ def test_cost_aware_backs_off_probing_where_no_alpha_can_pay():
 
 def test_cost_aware_decides_whether_to_draft_and_the_drafters_confidence_how_far():
     cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)
-    p = CostAware(k_max=12, cost_model=cm, confidence_threshold=0.4, **strong(0.6))
+    p = CostAware(k_max=12, cost_model=cm, confidence_threshold=0.4, stop="confidence", **strong(0.6))
     k_star = p.propose_k()
     assert 0 < k_star < 12 and p.decision()["reason"] == "argmax"  # no confidence seen yet: k* only
     assert p.should_continue(1, 0.01)  # within k*: no confidence stop
@@ -602,9 +602,65 @@ def test_cost_aware_decides_whether_to_draft_and_the_drafters_confidence_how_far
     assert not p.should_continue(1, 0.39) and p.should_continue(1, 0.4) and p.should_continue(k_star + 3, 0.9)
     p.join_batch(5)  # in a batch the row drafts the batch's k, with no confidence stop
     assert p.should_continue(k_star + 1, 0.01) and p.decision()["k"] == 5
-    told = CostAware(k_max=12, cost_model=cm, confidence_threshold=0.4, **strong(0.6))
+    told = CostAware(k_max=12, cost_model=cm, confidence_threshold=0.4, stop="confidence", **strong(0.6))
     told.drafter_confidence = True  # the engine's proposer says it reports confidences: from the first step
     assert told.propose_k() == 12 and told.decision()["cost_k"] == k_star
+
+
+def drafts(p, tops):
+    """How many of `tops` (the drafter's confidences, in order) a drafting step of p drafts."""
+    k = p.propose_k()
+    for i, top in enumerate(tops[:k], 1):
+        if not p.should_continue(i, top):
+            return i
+    return min(k, len(tops))
+
+
+@pytest.mark.parametrize("c, tops, drafted", [
+    # fresh calibration: a token's P(accepted) is its bin's midpoint (0.99 over 0.98-1, 0.6 over 0.5-0.7).
+    # Go on while P(all so far) x P(next, as this one) >= c + v(i+1) - v(i) = c + 0.1.
+    (0.2, [0.99] * 12, 12),  # 0.99^13 = 0.88 >= 0.3: the whole k_max
+    (0.2, [0.6] * 12, 2),  # 0.6^2 = 0.36 >= 0.3 goes on; 0.6^3 = 0.22 < 0.3 stops after token 2
+    (0.05, [0.6] * 12, 3),  # a cheaper drafter: 0.6^3 = 0.22 >= 0.15 goes on; 0.6^4 = 0.13 stops
+    (0.5, [0.6] * 12, 1),  # a dearer one: 0.36 < 0.6 stops at once
+    (0.2, [0.99, 0.99, 0.2, 0.99], 3),  # an unsure token ends the draft, kept (its cost is already paid)
+])
+def test_cost_stop_drafts_while_the_next_token_pays_for_itself(c, tops, drafted):
+    p = CostAware(k_max=12, cost_model=CostModel(c=c, v=lambda k: 1 + 0.1 * k), **strong(0.9))
+    p.drafter_confidence = True
+    assert p.stop == "cost" and drafts(p, tops) == drafted
+    assert p.decision()["stop"] == "cost"
+
+
+def test_the_pair_calibration_pairs_each_confidence_with_its_verdict():
+    cm = CostModel()
+    assert cm.accept_prob(0.99) == pytest.approx(0.99) and cm.accept_prob(0.6) == pytest.approx(0.6)
+    # 4 drafted, 2 accepted: tokens 1-2 accepted, token 3 rejected, token 4 never tried
+    cm.observe_confidences([0.99, 0.99, 0.6, 0.1], drafted=4, accepted=2)
+    assert cm.accept_prob(0.99) == pytest.approx((2 + 4 * 0.99) / (2 + 4))
+    assert cm.accept_prob(0.6) == pytest.approx((0 + 4 * 0.6) / (1 + 4))
+    assert cm.accept_prob(0.1) == pytest.approx(0.15)  # untried: still the prior
+    before = cm.accept_prob(0.99)
+    cm.observe_confidences([0.99, 0.5], drafted=3, accepted=0)  # not one confidence per draft token: unpaired
+    assert cm.accept_prob(0.99) == before
+    # one rejected confident token per step: the pair learns that 0.99 means ~0.5 here
+    for _ in range(200):
+        cm.observe_confidences([0.99, 0.99], drafted=2, accepted=1)
+    assert cm.accept_prob(0.99) == pytest.approx(0.5, abs=0.02)
+
+
+def test_cost_stop_drafts_less_once_the_pair_finds_its_drafter_overconfident():
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)
+    rows = [CostAware(k_max=12, cost_model=cm, **strong(0.9)) for _ in range(30)]
+    lengths = []
+    for p in rows:  # each row: one draft of confident tokens, of which the first 2 are accepted
+        p.drafter_confidence = True
+        d = drafts(p, [0.99] * 12)
+        p.observe(12, d, min(d, 2), 0.0, 0.0)
+        lengths.append(d)
+    assert lengths[0] == 12 and lengths[-1] == 3 and lengths == sorted(lengths, reverse=True)
+    with pytest.raises(ValueError, match="stop"):
+        CostAware(stop="never")
 
 
 def test_cost_aware_without_confidence_stop_or_when_not_drafting_does_not_extend():
@@ -612,7 +668,7 @@ def test_cost_aware_without_confidence_stop_or_when_not_drafting_does_not_extend
     off = CostAware(k_max=12, cost_model=cm, confidence_threshold=None, **strong(0.6))
     off.should_continue(1, 0.9)
     assert off.propose_k() == off.decision()["argmax_k"] < 12
-    plain = CostAware(k_max=12, cost_model=cm, probe_every=4, **strong(0.01))
+    plain = CostAware(k_max=12, cost_model=cm, probe_every=4, stop="confidence", **strong(0.01))
     plain.should_continue(1, 0.9)
     # a probe drafts probe_k, then goes on while the drafter is confident (how a plain row finds a burst)
     assert plain.propose_k() == 12
