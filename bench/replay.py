@@ -1,0 +1,192 @@
+"""Replay lookahead policies on recorded drafter traces: tune a policy in seconds, not bench hours.
+
+`trace` runs the target once per prompt (greedy) and then the drafter once over prompt + output,
+teacher-forced. For each output position t it keeps the drafter's greedy token, its top probability and
+whether it equals the target's token. `replay` then drives the library's policies (lookahead.py, as the
+engine calls them: propose_k, should_continue after each drafted token, observe) over those traces at
+fixed costs c and v(k), and prints each policy's modelled speedup over plain decoding and its fraction of
+the oracle (a constant k_max run priced by lookahead.oracle_speedup, as bench.py does).
+
+What it leaves out, so take its figures as the model's, not the clock's:
+- same vocabulary only (a drafter token is a target token);
+- after a draft's first wrong token, the probabilities of the tokens drafted after it are read from the
+  target's prefix, not the drafter's own (they only decide how many wasted tokens a stop rule drafts);
+- costs are fixed at a bench run's measured c and v(k) (`--costs`): no catch-up, no per-step Python.
+
+    python -m bench.replay trace --target qwen2.5-coder-1.5b --drafter qwen2.5-coder-0.5b --int8 \
+        --dataset humaneval --n 10 --out /tmp/traces-humaneval.json
+    python -m bench.replay replay /tmp/traces-*.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json \
+        --drafter-cost 'qwen2.5-coder-0.5b@int8'
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from speccore.lookahead import CostModel, make_policy, oracle_speedup, policy_speedup
+
+
+def trace(args) -> None:
+    from bench.bench import load_rows
+    from speccore.models import load_model
+
+    torch.set_num_threads(args.threads)
+    target = load_model(args.target, prepack=True)
+    drafter = load_model(args.drafter, prepack=True, int8=args.int8)
+    ns = argparse.Namespace(dataset=args.dataset, n=args.n, max_prompt_tokens=args.max_prompt_tokens,
+                            max_new_tokens=args.max_new_tokens, warmup_tokens=0)
+    rows, _, _ = load_rows(ns, target)
+    out = []
+    with torch.inference_mode():
+        for row, ids in rows:
+            x = torch.tensor([ids])
+            gen = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
+                                        do_sample=False, eos_token_id=list(target.eos_token_ids))
+            y = gen[0, len(ids):].tolist()
+            logits = drafter.model(gen).logits[0, len(ids) - 1: len(ids) - 1 + len(y)].float()
+            probs = torch.softmax(logits, -1)
+            top, tok = probs.max(-1)
+            out.append({"row_id": row.row_id, "prompt_tokens": len(ids), "target": y,
+                        "match": [int(a == b) for a, b in zip(tok.tolist(), y)], "top": [round(p, 5) for p in top.tolist()]})
+            print(f"{row.row_id}: {len(y)} tokens, {sum(out[-1]['match'])} drafter matches", file=sys.stderr)
+    Path(args.out).write_text(json.dumps({"target": args.target, "drafter": args.drafter, "int8": args.int8,
+                                          "dataset": args.dataset, "rows": out}))
+
+
+class FixedCosts(CostModel):
+    """A CostModel whose c and v(k) are a bench run's measurements; acceptance is still learned."""
+
+    def __init__(self, c: float, v: dict[int, float]):
+        super().__init__()
+        self._fixed_c, self._fixed_v = c, {int(k): float(x) for k, x in v.items()}
+
+    @property
+    def c(self) -> float:
+        return self._fixed_c
+
+    @property
+    def measured(self) -> bool:
+        return True
+
+    def v(self, k: int) -> float:
+        ks = sorted(self._fixed_v)
+        if k in self._fixed_v:
+            return self._fixed_v[k]
+        lo = max(x for x in ks if x < k)
+        hi = min((x for x in ks if x > k), default=None)
+        if hi is None:
+            lo2 = max(x for x in ks if x < lo)
+            return self._fixed_v[lo] + (self._fixed_v[lo] - self._fixed_v[lo2]) / (lo - lo2) * (k - lo)
+        return self._fixed_v[lo] + (self._fixed_v[hi] - self._fixed_v[lo]) * (k - lo) / (hi - lo)
+
+
+def run_row(row: dict, policy, cm: CostModel, max_new: int) -> list[dict]:
+    """One row decoded under `policy`, as the engine steps it; returns its steps (k, drafted, accepted)."""
+    match, top, n = row["match"], row["top"], len(row["target"])
+    t, steps = 0, []
+    while t < n:
+        room = max(0, min(max_new, n) - t - 1)
+        k = min(policy.propose_k(), room)
+        drafted = 0
+        while drafted < k:
+            drafted += 1
+            if not policy.should_continue(drafted, top[t + drafted - 1]):
+                break
+        accepted = 0
+        while accepted < drafted and match[t + accepted]:
+            accepted += 1
+        policy.observe(k, drafted, accepted, 0.0, 0.0)
+        cm.observe_acceptance(drafted, accepted)
+        steps.append({"k": k, "drafted": drafted, "accepted": accepted})
+        t += accepted + 1
+    return steps
+
+
+def _value(text: str):
+    if text == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def policy_for(spec: str, cm: CostModel, k_max: int):
+    """'name' or 'name:key=value,...' (values as floats or ints) -> a fresh policy for one row."""
+    name, _, rest = spec.partition(":")
+    params = {}
+    for kv in filter(None, rest.split(",")):
+        key, _, val = kv.partition("=")
+        params[key] = _value(val)
+    if name == "constant":
+        params.setdefault("k", k_max)
+    else:
+        params.setdefault("k_max", k_max)
+    if name == "cost":
+        params.update(cost_model=cm, learn_costs=False)
+        policy = make_policy(name, **params)
+        policy.drafter_confidence = True
+        return policy
+    return make_policy(name, **params)
+
+
+def replay(args) -> None:
+    costs = json.loads(Path(args.costs).read_text())["costs"]
+    c = costs["drafters"][args.drafter_cost]["c"]
+    v = costs["target"]["v"]
+    print(f"c = {c:.3f}; v(1, 4, 8, 16) = {', '.join(f'{v[str(k)]:.2f}' for k in (1, 4, 8, 16))}")
+    sets = [json.loads(Path(p).read_text()) for p in args.traces]
+    policies = args.policies.split(";")
+    print("| policy | " + " | ".join(s["dataset"] for s in sets) + " |")
+    print("|---|" + "---|" * len(sets))
+    for spec in ["oracle"] + policies:
+        cells = []
+        for s in sets:
+            cm = FixedCosts(c, v)
+            oracle_log = [st for r in s["rows"] for st in run_row(r, policy_for("constant", cm, args.k_max), cm,
+                                                                   args.max_new_tokens)]
+            orc = oracle_speedup(oracle_log, FixedCosts(c, v))
+            if spec == "oracle":
+                cells.append(f"{orc:.2f}×")
+                continue
+            cm = FixedCosts(c, v)  # one per policy and dataset, shared by its rows (the pair's prior)
+            log = [st for r in s["rows"] for st in run_row(r, policy_for(spec, cm, args.k_max), cm,
+                                                           args.max_new_tokens)]
+            sp = policy_speedup(log, cm)
+            cells.append(f"{sp:.2f}× ({sp / orc:.0%})")
+        print(f"| {spec} | " + " | ".join(cells) + " |")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("trace", help="record teacher-forced drafter traces of the target's greedy outputs")
+    t.add_argument("--target", default="qwen2.5-coder-1.5b")
+    t.add_argument("--drafter", default="qwen2.5-coder-0.5b")
+    t.add_argument("--int8", action="store_true", help="the drafter as drafter.quantize=int8 runs it")
+    t.add_argument("--dataset", default="humaneval")
+    t.add_argument("--n", type=int, default=10)
+    t.add_argument("--max-prompt-tokens", type=int, default=256)
+    t.add_argument("--max-new-tokens", type=int, default=64)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--out", required=True)
+    r = sub.add_parser("replay", help="policies over traces at a bench run's measured costs")
+    r.add_argument("traces", nargs="+")
+    r.add_argument("--costs", required=True, help="a bench result JSON with a costs part")
+    r.add_argument("--drafter-cost", default="qwen2.5-coder-0.5b@int8", help="its key under costs.drafters")
+    r.add_argument("--policies", default="constant:k=4;heuristic;confidence;cost",
+                   help="';'-separated, each 'name' or 'name:key=value,...'")
+    r.add_argument("--k-max", type=int, default=16)
+    r.add_argument("--max-new-tokens", type=int, default=64)
+    args = p.parse_args(argv)
+    trace(args) if args.cmd == "trace" else replay(args)
+
+
+if __name__ == "__main__":
+    main()
