@@ -294,7 +294,9 @@ class CostModel:
         """One row's step: the drafter's top probability of each drafted token, in order (`drafted` of them),
         `accepted` kept. Token j <= accepted was accepted and token accepted + 1 rejected, each given that the
         tokens before it were accepted; later tokens were never tried."""
-        if drafted <= 0 or len(tops) != drafted:  # drafts not in target tokens (cross vocab): nothing to pair
+        # A cross-vocab draft is re-encoded into target tokens: where their count differs from the drafter
+        # tokens' there is nothing to pair; where it is the same (SLEM on like tokenizers), token j is read as j.
+        if drafted <= 0 or len(tops) != drafted:
             return
         self._cal_s = [decay * x for x in self._cal_s]
         self._cal_n = [decay * x for x in self._cal_n]
@@ -640,6 +642,13 @@ def _step(s: Any) -> tuple[int, int]:
     return int(k), int(accepted)
 
 
+def _priced_at(cost_model: CostModel, s: Any) -> None:
+    """Price a logged step at its own rows per forward, where it says (a mapping with batch_size): a plain
+    step and a verify cost other seconds at 8 rows than at one (CostModel keeps each size apart)."""
+    if isinstance(s, Mapping) and s.get("batch_size"):
+        cost_model.batch_size = int(s["batch_size"])
+
+
 def oracle_k(accepted_lengths: Iterable[int], cost_model: CostModel | None = None) -> list[int]:
     """Hindsight best k per step: the number accepted. With a cost model, 0 where decoding that
     step's accepted+1 tokens plainly is cheaper than one step drafting exactly `accepted`."""
@@ -656,15 +665,19 @@ def oracle_speedup(steps: Iterable[Any], cost_model: CostModel) -> float:
     Counting (the same for `policy_speedup`): a step yields accepted + 1 tokens. A plain step
     yields 1 token at cost 1; a step drafting k tokens costs k*c + v(k). Speedup = tokens / cost.
     The oracle yields the same tokens as the log, but for each step pays min(a*c + v(a), a + 1),
-    a = accepted: it drafts exactly a tokens, or decodes those a + 1 tokens plainly if cheaper.
+    a = accepted: it drafts exactly a tokens, or decodes those a + 1 tokens plainly if cheaper. A step
+    with a batch_size is priced at that many rows per forward.
     `accepted` is capped by the logged k, so take the log of a run with a large constant k; on a
     policy's own log the oracle is a lower bound.
     """
     tokens = cost = 0.0
+    size = cost_model.batch_size
     for s in steps:
         _, a = _step(s)
+        _priced_at(cost_model, s)
         tokens += a + 1
         cost += min(cost_model.step_cost(a), a + 1.0)
+    cost_model.batch_size = size
     return tokens / cost if cost else 1.0
 
 
@@ -672,10 +685,13 @@ def policy_speedup(steps: Iterable[Any], cost_model: CostModel) -> float:
     """Speedup over plain decoding of the logged policy: sum(accepted + 1) / sum(step cost), a step
     costing drafted*c + v(drafted) (drafted defaults to k; drafted = 0 is a plain step, cost 1)."""
     tokens = cost = 0.0
+    size = cost_model.batch_size
     for s in steps:
         d, a = _step(s)
+        _priced_at(cost_model, s)
         tokens += a + 1
         cost += cost_model.step_cost(d)
+    cost_model.batch_size = size
     return tokens / cost if cost else 1.0
 
 

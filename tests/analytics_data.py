@@ -27,13 +27,14 @@ def _row(row_id, n_prompt, n_out, wall, draft, verify, steps, batch, policy, sta
 
 def write_run(out, run_id, drafter, policy, price, rows, dataset=None, shard=0):
     """rows: (row_id, n_prompt, n_out, wall, draft, verify, batch, steps); steps: (step, k, drafted,
-    accepted, draft_ms, verify_ms) per step of the row."""
+    accepted, draft_ms, verify_ms[, batch_size (default 1)]) per step of the row."""
     results, step_recs = [], []
     for row_id, n_prompt, n_out, wall, draft, verify, batch, steps in rows:
         results.append(_row(row_id, n_prompt, n_out, wall, draft, verify, steps, batch, policy))
         step_recs += [StepRecord(row_id=row_id, step=s, k=k, drafted=d, drafted_drafter=d, accepted=a,
-                                 stop_reason="k", draft_ms=dm, verify_ms=vm, batch_size=1, decision="{}")
-                      for s, k, d, a, dm, vm in steps]
+                                 stop_reason="k", draft_ms=dm, verify_ms=vm, batch_size=size[0] if size else 1,
+                                 decision="{}")
+                      for s, k, d, a, dm, vm, *size in steps]
     common = {"target": "t", "drafter": drafter, "device": "cpu"}
     store.write_shard(out, run_id, shard, results, step_recs, common, {})
     store.write_manifest(out, {

@@ -54,6 +54,25 @@ def test_a_shared_forward_teaches_the_costs_once(tmp_path):
     assert h.c == pytest.approx(0.1) and h.v[1] == pytest.approx(V1) and h.v[2] == pytest.approx(2.0)
 
 
+def test_each_step_is_priced_at_its_own_batch_size(tmp_path):
+    # p runs alone (batch 0, 1 row per forward: the costs of STEPS). q and r share batch 1's forwards at 2 rows:
+    # a plain step of 150 ms (t1 at 2 rows = 0.15 s) and a 2-token draft (40 ms -> 0.02 s/token, c = 0.02 / 0.15;
+    # 600 ms verify, v(2) = 4.0), both rows keeping both tokens. Mixed into one size, 150 ms would read as a
+    # slow plain step at one row and v(2) as 2.0 and 4.0 averaged.
+    two = [(1, 0, 0, 0, 0.0, 150.0, 2), (2, 2, 2, 2, 40.0, 600.0, 2)]
+    write_run(tmp_path, "h", "d", "cost", 1.0, [("p", 10, 5, 1.0, 0.04, 0.5, 0, STEPS),
+                                                ("q", 10, 4, 1.0, 0.04, 0.5, 1, two),
+                                                ("r", 10, 4, 1.0, 0.04, 0.5, 1, two)])
+    h = _analyse(tmp_path)["h"]
+    c2 = 0.02 / 0.15
+    # policy: p 5 tokens for 5.4 (as above); q and r each 1 + 3 tokens for 1 + (2 * c2 + 4.0)
+    assert h.policy_speedup == pytest.approx((5 + 8) / (5.4 + 2 * (1 + 2 * c2 + 4.0)))
+    # oracle: p 5 for 4.2; q and r: 1, then min(2 * c2 + 4.0, 3) = 3 (plain decoding beats that draft at 2 rows)
+    assert h.oracle_speedup == pytest.approx(13 / (4.2 + 2 * 4))
+    assert h.oracle_k_counts == {0: 4 + 2, 2: 1}  # q's and r's kept pair is cheaper decoded plainly
+    assert h.c == pytest.approx(c2) and h.v[2] == pytest.approx(4.0)  # the run's most common batch size: 2 rows
+
+
 def test_runs_are_analysed_apart(tmp_path):
     write_run(tmp_path, "h1", "d", "heuristic", 1.0, [("p", 10, 5, 1.0, 0.04, 0.5, 0, STEPS)])
     write_run(tmp_path, "h2", "d", "cost", 1.0, [("p", 10, 5, 1.0, 0.04, 0.5, 0, STEPS[:2])])

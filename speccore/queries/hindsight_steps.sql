@@ -6,7 +6,7 @@ WITH s AS (
     SELECT s.*, g.lookahead_policy, g.batch
     FROM steps s JOIN generations g USING (run_id, shard, row_id)
 )
-SELECT run_id, lookahead_policy, shard, batch, row_id, step, k, drafted, accepted, draft_ms, verify_ms,
+SELECT run_id, lookahead_policy, shard, batch, row_id, step, k, drafted, accepted, draft_ms, verify_ms, batch_size,
        max(drafted) OVER fwd AS width,
        row_number() OVER (fwd ORDER BY row_id) = 1 AS first_in_forward
 FROM s
