@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.bench import main
 
 PROMPTS = [
@@ -70,3 +72,30 @@ def test_gpu_bench_harness_on_cpu(tmp_path):
             assert specs[(kind, 0.0, "constant-4")]["acceptance_rate"] == 0.0
     assert json.loads((tmp_path / "gpu.json").read_text())["meta"]["tiny"] is True
     assert "| 3 |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
+    from bench.replay import FixedCosts, main as replay_main, run_row
+    from speccore.lookahead import ConfidenceStop, Constant
+
+    cm = FixedCosts(0.2, {0: 1.0, 1: 1.1, 4: 1.4, 8: 1.7, 16: 2.4})
+    assert cm.v(2) == pytest.approx(1.2) and cm.v(20) == pytest.approx(2.75) and cm.c == 0.2
+    row = {"target": [7] * 6, "match": [1, 0, 1, 1, 1, 1], "top": [0.9] * 6}
+    # k=2: tokens 0-1 drafted, 1 kept (+1 bonus); from 2: 2 kept (+1); at 5 no room is left: a plain step
+    got = run_row(row, Constant(2), cm, 64)
+    assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(2, 2, 1), (2, 2, 2), (0, 0, 0)]
+    sure = {"target": [7] * 6, "match": [1] * 6, "top": [0.9, 0.3, 0.9, 0.9, 0.9, 0.9]}
+    # stops after the unsure token 2 (kept); then k is capped by the room left (2)
+    got = run_row(sure, ConfidenceStop(k_max=4, threshold=0.5), cm, 64)
+    assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(4, 2, 2), (2, 2, 2)]
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"dataset": "toy", "rows": [row, sure]}))
+    costs = tmp_path / "c.json"
+    costs.write_text(json.dumps({"costs": {"drafters": {"d": {"c": 0.2}},
+                                           "target": {"v": {"0": 1, "1": 1.1, "4": 1.4, "8": 1.7, "16": 2.4}}}}))
+    replay_main(["replay", str(trace), "--costs", str(costs), "--drafter-cost", "d",
+                 "--policies", "constant:k=2;cost:stop=confidence;cost", "--k-max", "4"])
+    out = capsys.readouterr().out
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in out.splitlines() if ln.startswith("| ")}
+    assert {"oracle", "constant:k=2", "cost:stop=confidence", "cost"} <= set(lines)
+    assert "(100%)" not in lines["constant:k=2"]  # a rejected token drafted: short of hindsight
