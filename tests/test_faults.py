@@ -71,7 +71,10 @@ def config(tiny_zoo, prompts, out, *extra):
         "target=hf", f"target.ref={tiny_zoo['target-llama-g']}", "target.dtype=float64",
         "drafter=hf", f"drafter.ref={tiny_zoo['drafter-llama-g']}", "drafter.dtype=float64",
         "dataset=file", f"dataset.path={prompts}", f"sampling.max_new_tokens={NEW}",
-        "runner.shard_size=8", "runner.batch_size=4", f"run.output_dir={out}", "run.run_id=faults", *extra],
+        "runner.shard_size=8", "runner.batch_size=4", f"run.output_dir={out}", "run.run_id=faults",
+        # the default (cost) drafts by the clock: at 4 rows under CI load it may rightly draft nothing, and these
+        # tests assert that the drafter is used again after a fault
+        "speculation.lookahead=heuristic", *extra],
         config_dir=ROOT / "conf")
 
 
