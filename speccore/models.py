@@ -408,6 +408,17 @@ def _hub_revision(repo_id: str) -> str:
     return Path(found).parent.name if isinstance(found, str) else "unknown"
 
 
+def calibration_ids(tokenizer) -> list[int]:
+    """prepack.CALIBRATION_TEXT as this model reads a prompt: a user turn of its chat template, if it has one."""
+    from .prepack import CALIBRATION_TEXT
+    from .prompts import encode_row
+    from .rows import Row
+
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    return encode_row(tokenizer, Row(row_id="calibration", messages=(("user", CALIBRATION_TEXT),)) if chat
+                      else Row(row_id="calibration", prompt=CALIBRATION_TEXT))
+
+
 def load_model(
     ref: str,
     *,
@@ -439,13 +450,15 @@ def load_model(
         log.warning("%s does not support sdpa attention; using its default (%s)", ref, e)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     model = model.eval().to(device)
+    tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     if prepack and str(device) == "cpu":
         from .prepack import prepack as pack
 
-        log.info("%s: %d linears pre-packed%s", ref, pack(model, int8=int8), " (int8)" if int8 else "")
+        calibration = calibration_ids(tok) if int8 else None
+        log.info("%s: %d linears pre-packed%s", ref, pack(model, int8=int8, calibration=calibration),
+                 " (int8)" if int8 else "")
     elif int8:
         log.warning("%s: int8 drafting runs on the CPU with prepack only; it stays %s on %s", ref, dtype, device)
-    tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     eos = tuple(sorted(set(_as_ids(model.generation_config.eos_token_id) + _as_ids(tok.eos_token_id))))
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return LoadedModel(

@@ -16,9 +16,18 @@ for target-alone decoding and for verification, so its outputs are what its targ
 int8 weights with a scale per output channel, each activation row quantised as it comes). Its weights
 stream a quarter of the bytes, and a qwen2.5-coder-0.5b step ran 1.7-1.8x faster. This is lossy, and that
 is allowed only because a drafter merely proposes: the target verifies every token, so the output is
-the same; only the acceptance rate moves. The MLP's down projection (`down_proj`) stays fp32 (pre-packed):
-its input, the gated activation, has outliers that swamp a per-row int8 scale (on qwen2.5-coder-0.5b,
-agreement with the target on ShareGPT was 0.81 fp32, 0.78 with down_proj kept fp32, 0.69 without).
+the same; only the acceptance rate moves.
+
+The MLP's down projection (`down_proj`) needs care: its input, the gated activation, has a few channels
+whose values are tens of times the rest, and they swamp the one int8 scale an activation row gets (on
+qwen2.5-coder-0.5b, the drafter's agreement with the target on ShareGPT was 0.82 fp32, 0.72 with
+down_proj int8 as it comes). Those channels are the same from one text to the next. So, given calibration
+ids (`prepack(..., calibration=ids)`; `models.load_model` passes CALIBRATION_TEXT), one fp32 forward finds
+each down projection's OUTLIER_CHANNELS loudest input channels, and `OutlierInt8Linear` runs them in fp32
+beside an int8 product over the rest (LLM.int8()'s decomposition, with the channels fixed once).
+Agreement stays where keeping the whole projection fp32 put it (0.79), and a 0.5B drafter step streams a
+third fewer bytes (down_proj is more than half of them in fp32). Without calibration ids the down
+projections stay fp32 (pre-packed).
 A tied LM head is quantised too: its int8 copy is a quarter of the embedding it shares, and the
 embedding keeps reading the dense weight. The target is never quantised (the engine's exactness depends on it).
 """
@@ -30,6 +39,7 @@ import logging
 import mmap
 import sys
 import warnings
+from functools import partial
 
 import torch
 from torch import nn
@@ -49,8 +59,28 @@ def int8_available() -> bool:
     return hasattr(torch.ops.quantized, "linear_dynamic") and bool({"fbgemm", "x86"} & set(q.supported_engines))
 
 
-# Linears an int8 drafter keeps in fp32, by module name (see the module docstring).
+# Linears whose input has outlier channels, by module name (see the module docstring): with calibration ids an
+# int8 drafter runs their OUTLIER_CHANNELS loudest input channels in fp32, without them the whole linear.
 INT8_KEEP_FP32 = frozenset({"down_proj"})
+# Of qwen2.5-coder-0.5b's 4,864 down_proj inputs, keeping 8 in fp32 left ShareGPT agreement at 0.74, 16 or
+# 32 at 0.79 (as the whole projection in fp32); each costs a column of fp32 weights per layer.
+OUTLIER_CHANNELS = 16
+# What the calibration forward reads: code and chat, as drafters see them. Outlier channels belong to the
+# model, not the text (calibrated on this text or on 20 HumanEval and ShareGPT prompts: the same agreement).
+CALIBRATION_TEXT = """Write a function that merges two sorted lists into one sorted list, and explain how it works.
+
+def merge(a: list[int], b: list[int]) -> list[int]:
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        if a[i] <= b[j]:
+            out.append(a[i]); i += 1
+        else:
+            out.append(b[j]); j += 1
+    return out + a[i:] + b[j:]
+
+The loop walks both lists once, so it takes O(n + m) time. Can you also tell me a short story about a
+lighthouse keeper who learns to paint, in three paragraphs? Then list five tips for a job interview,
+and translate "good morning, how are you?" into French, Spanish and German."""
 
 
 class PackedLinear(nn.Module):
@@ -119,6 +149,54 @@ class Int8Linear(PackedLinear):
         return y.reshape(*shape[:-1], self.out_features)
 
 
+class OutlierInt8Linear(Int8Linear):
+    """y ~ x W^T + b as Int8Linear, except over the input channels `outliers`, which run in fp32: the int8
+    product sees those channels zeroed (in its weights and in x, so they do not set x's int8 scale), and
+    x[..., outliers] @ W[:, outliers]^T is added back. Drafters only."""
+
+    def __init__(self, linear: nn.Linear, outliers: torch.Tensor, keep_dense: bool = False):
+        w = linear.weight.detach()
+        cols = torch.as_tensor(outliers, dtype=torch.long, device=w.device).unique()
+        inlier = torch.ones(w.shape[1], dtype=w.dtype, device=w.device)
+        inlier[cols] = 0.0
+        stripped = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        stripped.weight = nn.Parameter(w * inlier, requires_grad=False)
+        super().__init__(stripped, keep_dense=False)
+        self.bias = linear.bias
+        self.dense = w if keep_dense else None
+        self.outliers = cols
+        self.inlier = inlier  # [in]: 1.0, and 0.0 at the outlier channels
+        self.outlier_weight = w[:, cols].t().contiguous()  # [n_outliers, out], fp32
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return super()._run(x * self.inlier) + x.index_select(-1, self.outliers) @ self.outlier_weight
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", fp32 input channels={len(self.outliers)}"
+
+
+def input_outliers(model: nn.Module, ids: list[int], names: frozenset[str] = INT8_KEEP_FP32,
+                   n: int = OUTLIER_CHANNELS) -> dict[int, torch.Tensor]:
+    """{id(linear): its n input channels of largest |activation|} for each nn.Linear named in `names`, from
+    one forward of `model` over `ids` (a list of token ids)."""
+    peaks: dict[int, torch.Tensor] = {}
+
+    def hook(module, inputs):
+        x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
+        peaks[id(module)] = torch.maximum(peaks[id(module)], x) if id(module) in peaks else x
+
+    handles = [child.register_forward_pre_hook(hook) for parent in model.modules()
+               for name, child in parent.named_children() if type(child) is nn.Linear and name in names]
+    try:
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: torch.topk(v, min(n, v.numel())).indices.sort().values.clone() for k, v in peaks.items()}
+
+
 def _shared_weights(model: nn.Module) -> set[int]:
     """ids of weight tensors that more than one module refers to (tied embeddings)."""
     seen: dict[int, int] = {}
@@ -161,15 +239,17 @@ def _release_file_pages(t: torch.Tensor, mappings: list[tuple[int, int]]) -> Non
         ctypes.CDLL(None).madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), 4)  # MADV_DONTNEED
 
 
-def prepack(model: nn.Module, keep_dense: bool = False, int8: bool = False) -> int:
+def prepack(model: nn.Module, keep_dense: bool = False, int8: bool = False,
+            calibration: list[int] | None = None) -> int:
     """Swap every packable linear of `model` in place; returns how many were swapped.
 
     Packable: an `nn.Linear` whose weight is fp32, on the CPU and not shared with another module.
     Does nothing (returns 0) where oneDNN is not available. keep_dense keeps the dense weight too,
     so that `dense_linears(model)` can run the same model the plain way (benchmarks only).
     int8 (drafters only, see the module docstring): linears become `Int8Linear`, a tied head included,
-    except those named in INT8_KEEP_FP32, which are pre-packed fp32. Without fbgemm it warns and
-    packs everything fp32.
+    except those named in INT8_KEEP_FP32: with `calibration` (token ids) they become `OutlierInt8Linear`,
+    their loudest input channels found by one forward over those ids; without, they are pre-packed fp32.
+    Without fbgemm it warns and packs everything fp32.
     """
     if not available():
         log.warning("oneDNN is not available in this torch build; linears stay as they are")
@@ -178,15 +258,19 @@ def prepack(model: nn.Module, keep_dense: bool = False, int8: bool = False) -> i
         log.warning("this torch build has no fbgemm int8 linear; the drafter stays fp32")
         int8 = False
     shared = _shared_weights(model)
+    outliers = input_outliers(model, calibration) if int8 and calibration else {}
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
             w = getattr(child, "weight", None)
             if not (type(child) is nn.Linear and w is not None and w.dtype == torch.float32 and w.device.type == "cpu"):
                 continue
-            quantise = int8 and name not in INT8_KEEP_FP32
-            if quantise or id(w) not in shared:
-                swaps.append((parent, name, child, Int8Linear if quantise else PackedLinear))
+            if id(child) in outliers:
+                swaps.append((parent, name, child, partial(OutlierInt8Linear, outliers=outliers[id(child)])))
+            elif int8 and name not in INT8_KEEP_FP32:
+                swaps.append((parent, name, child, Int8Linear))
+            elif id(w) not in shared:
+                swaps.append((parent, name, child, PackedLinear))
     mappings = [] if keep_dense else _file_mappings()
     with torch.no_grad():
         for parent, name, child, kind in swaps:

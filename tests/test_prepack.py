@@ -161,12 +161,75 @@ def test_int8_drafter_leaves_the_output_exact(tiny_zoo, drafter):
     rows = [make_row({"prompt": p}, f"r{i}") for i, p in enumerate(PROMPTS)]
     eng = build_engine(cfg)
     assert _int8(eng.proposer.drafter.model)
+    downs = [m for n, m in eng.proposer.drafter.model.named_modules() if n.endswith("down_proj")]
+    assert downs and all(type(m) is prepack.OutlierInt8Linear for m in downs)  # calibrated as it loaded
     spec, steps = eng.generate(rows)
     target = load_model(ref, dtype="float32")
     prepack.prepack(target.model)
     own, _ = Engine(target, sampling=cfg.sampling, batch_size=3).generate(rows)
     assert [r.status for r in spec] == ["ok"] * 3 and sum(s.accepted for s in steps) > 0
     assert {r.row_id: r.output_ids for r in spec} == {r.row_id: r.output_ids for r in own}
+
+
+@int8_only
+def test_outlier_channels_run_in_fp32_beside_the_int8_product():
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 64)
+    loud = torch.tensor([3, 77, 200])
+    x = torch.randn(5, 256)
+    x[:, loud] *= 300.0  # a few channels far louder than the rest, as a gated activation has
+    with torch.inference_mode():
+        exact = lin(x)
+        plain = prepack.Int8Linear(lin)(x)
+        split = prepack.OutlierInt8Linear(lin, loud)(x)
+        only_loud = torch.zeros_like(x)
+        only_loud[:, loud] = x[:, loud]
+        # the loud channels alone: the int8 product sees zeros, so what comes out is their fp32 product
+        assert torch.allclose(prepack.OutlierInt8Linear(lin, loud)(only_loud), lin(only_loud), atol=1e-4)
+    err_plain = ((plain - exact).norm() / exact.norm()).item()
+    err_split = ((split - exact).norm() / exact.norm()).item()
+    assert err_split < err_plain / 10, (err_split, err_plain)
+    assert err_split < 0.01, err_split
+
+
+@int8_only
+def _loud_drafter(tiny_zoo, loud):
+    lm = load_model(str(tiny_zoo["drafter-llama-g"]), dtype="float32")
+    with torch.no_grad():
+        for layer in lm.model.model.layers:  # make these channels of the gated activation loud in every layer
+            layer.mlp.up_proj.weight[loud] *= 40.0
+    return lm
+
+
+@int8_only
+def test_calibration_finds_each_down_projections_loud_inputs_and_decomposes_them(tiny_zoo, monkeypatch):
+    width = load_model(str(tiny_zoo["drafter-llama-g"]), dtype="float32").model.model.layers[0].mlp.down_proj.in_features
+    loud = sorted(torch.randperm(width, generator=torch.Generator().manual_seed(1))[:prepack.OUTLIER_CHANNELS].tolist())
+    lm = _loud_drafter(tiny_zoo, loud)
+    layers = lm.model.model.layers
+    ids = lm.tokenizer("def fibonacci(n):\n    return fib(n - 1) + fib(n - 2)")["input_ids"]
+    found = prepack.input_outliers(lm.model, ids)
+    assert [found[id(layer.mlp.down_proj)].tolist() for layer in layers] == [loud] * len(layers)
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        dense = lm.model(x).logits
+        prepack.prepack(lm.model, keep_dense=True, int8=True, calibration=ids)
+        q = lm.model(x).logits
+        with prepack.dense_linears(lm.model):
+            assert torch.equal(lm.model(x).logits, dense)
+    downs = [layer.mlp.down_proj for layer in layers]
+    assert all(type(d) is prepack.OutlierInt8Linear and d.outliers.tolist() == loud for d in downs)
+    # the same model with its down projections kept fp32 (no calibration), and int8 as they come
+    kept = _loud_drafter(tiny_zoo, loud)
+    prepack.prepack(kept.model, int8=True)
+    assert all(type(layer.mlp.down_proj) is prepack.PackedLinear for layer in kept.model.model.layers)
+    every = _loud_drafter(tiny_zoo, loud)
+    monkeypatch.setattr(prepack, "INT8_KEEP_FP32", frozenset())
+    prepack.prepack(every.model, int8=True)
+    with torch.inference_mode():
+        q_kept, q_every = kept.model(x).logits, every.model(x).logits
+    rel, rel_kept, rel_every = (((y - dense).norm() / dense.norm()).item() for y in (q, q_kept, q_every))
+    assert rel < 1.1 * rel_kept and rel < 0.6 * rel_every, (rel, rel_kept, rel_every)  # 0.062, 0.062, 0.119
 
 
 def test_drafter_quantize_is_validated():
