@@ -15,6 +15,8 @@ What it leaves out, so take its figures as the model's, not the clock's:
 
     python -m bench.replay trace --target qwen2.5-coder-1.5b --drafter qwen2.5-coder-0.5b --int8 \
         --dataset humaneval --n 10 --out /tmp/traces-humaneval.json
+    python -m bench.replay trace --drafter qwen2.5-coder-0.5b --int8 --dataset humaneval --n 10 \
+        --targets-from /tmp/traces-humaneval.json --out /tmp/traces-humaneval-b.json   # another drafter, same outputs
     python -m bench.replay replay /tmp/traces-*.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json \
         --drafter-cost 'qwen2.5-coder-0.5b@int8'
 """
@@ -35,7 +37,14 @@ def trace(args) -> None:
     from speccore.models import load_model
 
     torch.set_num_threads(args.threads)
-    target = load_model(args.target, prepack=True)
+    known = {}  # row_id -> the target's output, from an earlier trace of the same prompts
+    if args.targets_from:
+        old = json.loads(Path(args.targets_from).read_text())
+        if (old["target"], old["dataset"]) != (args.target, args.dataset):
+            raise SystemExit(f"{args.targets_from} traced {old['target']} on {old['dataset']}")
+        known = {r["row_id"]: r for r in old["rows"]}
+    # the target's tokenizer and context length only, when its outputs are known already
+    target = load_model(args.target, prepack=not known)
     drafter = load_model(args.drafter, prepack=True, int8=args.int8)
     ns = argparse.Namespace(dataset=args.dataset, n=args.n, max_prompt_tokens=args.max_prompt_tokens,
                             max_new_tokens=args.max_new_tokens, warmup_tokens=0)
@@ -43,10 +52,17 @@ def trace(args) -> None:
     out = []
     with torch.inference_mode():
         for row, ids in rows:
-            x = torch.tensor([ids])
-            gen = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
-                                        do_sample=False, eos_token_id=list(target.eos_token_ids))
-            y = gen[0, len(ids):].tolist()
+            if known:
+                was = known.get(row.row_id)
+                if was is None or was["prompt_tokens"] != len(ids):
+                    raise SystemExit(f"{row.row_id}: not in {args.targets_from} with these {len(ids)} prompt tokens")
+                y = was["target"]
+                gen = torch.tensor([ids + y])
+            else:
+                x = torch.tensor([ids])
+                gen = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
+                                            do_sample=False, eos_token_id=list(target.eos_token_ids))
+                y = gen[0, len(ids):].tolist()
             logits = drafter.model(gen).logits[0, len(ids) - 1: len(ids) - 1 + len(y)].float()
             probs = torch.softmax(logits, -1)
             top, tok = probs.max(-1)
@@ -161,6 +177,8 @@ def main(argv=None) -> None:
     t.add_argument("--max-prompt-tokens", type=int, default=256)
     t.add_argument("--max-new-tokens", type=int, default=64)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--targets-from", default=None,
+                   help="an earlier trace of the same target and prompts: reuse its outputs (the drafter alone runs)")
     t.add_argument("--out", required=True)
     r = sub.add_parser("replay", help="policies over traces at a bench run's measured costs")
     r.add_argument("traces", nargs="+")
