@@ -2,7 +2,7 @@
 
 `trace` runs the target once per prompt (greedy) and then the drafter once over prompt + output,
 teacher-forced. For each output position t it keeps the drafter's greedy token, its top probability and
-whether it equals the target's token. `replay` then drives the library's policies (lookahead.py, as the
+whether it equals the target's token, and the target's own top probability there (`target_top`). `replay` then drives the library's policies (lookahead.py, as the
 engine calls them: propose_k, should_continue after each drafted token, observe) over those traces at
 fixed costs c and v(k), and prints each policy's modelled speedup over plain decoding and its fraction of
 the oracle (a constant k_max run priced by lookahead.oracle_speedup, as bench.py does).
@@ -43,8 +43,7 @@ def trace(args) -> None:
         if (old["target"], old["dataset"]) != (args.target, args.dataset):
             raise SystemExit(f"{args.targets_from} traced {old['target']} on {old['dataset']}")
         known = {r["row_id"]: r for r in old["rows"]}
-    # the target's tokenizer and context length only, when its outputs are known already
-    target = load_model(args.target, prepack=not known)
+    target = load_model(args.target, prepack=True)
     drafter = load_model(args.drafter, prepack=True, int8=args.int8)
     ns = argparse.Namespace(dataset=args.dataset, n=args.n, max_prompt_tokens=args.max_prompt_tokens,
                             max_new_tokens=args.max_new_tokens, warmup_tokens=0)
@@ -63,11 +62,12 @@ def trace(args) -> None:
                 gen = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
                                             do_sample=False, eos_token_id=list(target.eos_token_ids))
                 y = gen[0, len(ids):].tolist()
-            logits = drafter.model(gen).logits[0, len(ids) - 1: len(ids) - 1 + len(y)].float()
-            probs = torch.softmax(logits, -1)
-            top, tok = probs.max(-1)
+            at = slice(len(ids) - 1, len(ids) - 1 + len(y))  # the logits that predict each output token
+            top, tok = torch.softmax(drafter.model(gen).logits[0, at].float(), -1).max(-1)
+            target_top = torch.softmax(target.model(gen).logits[0, at].float(), -1).amax(-1)
             out.append({"row_id": row.row_id, "prompt_tokens": len(ids), "target": y,
-                        "match": [int(a == b) for a, b in zip(tok.tolist(), y)], "top": [round(p, 5) for p in top.tolist()]})
+                        "match": [int(a == b) for a, b in zip(tok.tolist(), y)], "top": [round(p, 5) for p in top.tolist()],
+                        "target_top": [round(p, 5) for p in target_top.tolist()]})
             print(f"{row.row_id}: {len(y)} tokens, {sum(out[-1]['match'])} drafter matches", file=sys.stderr)
     Path(args.out).write_text(json.dumps({"target": args.target, "drafter": args.drafter, "int8": args.int8,
                                           "dataset": args.dataset, "rows": out}))
@@ -165,6 +165,32 @@ def replay(args) -> None:
         print(f"| {spec} | " + " | ".join(cells) + " |")
 
 
+SIGNAL_EDGES = (0.5, 0.8, 0.95, 0.99)
+
+
+def signals(args) -> None:
+    """How well what is known before a step drafts predicts its first token's acceptance: the drafter's
+    agreement at position t, by the target's top probability at t - 1 (the bonus token's, which the verify
+    computed) and by the drafter's own at t - 1; and by the target's top probability at t, for scale (it is
+    known only after the verify)."""
+    names = ("target_top[t-1]", "drafter top[t-1]", "target_top[t] (hindsight)")
+    labels = [f"< {SIGNAL_EDGES[0]}"] + [f"≥ {e}" for e in SIGNAL_EDGES]
+    print("| trace | signal | " + " | ".join(labels) + " |")
+    print("|---|---|" + "---|" * len(labels))
+    for path in args.traces:
+        s = json.loads(Path(path).read_text())
+        for name in names:
+            n, hit = [0] * len(labels), [0] * len(labels)
+            for r in s["rows"]:
+                for t in range(1, len(r["match"])):
+                    p = {names[0]: r["target_top"][t - 1], names[1]: r["top"][t - 1], names[2]: r["target_top"][t]}[name]
+                    b = sum(p >= e for e in SIGNAL_EDGES)
+                    n[b] += 1
+                    hit[b] += r["match"][t]
+            cells = [f"{h / k:.2f} ({k})" if k else "–" for h, k in zip(hit, n)]
+            print(f"| {s['dataset']} | {name} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -188,8 +214,10 @@ def main(argv=None) -> None:
                    help="';'-separated, each 'name' or 'name:key=value,...'")
     r.add_argument("--k-max", type=int, default=16)
     r.add_argument("--max-new-tokens", type=int, default=64)
+    g = sub.add_parser("signals", help="the first drafted token's acceptance by what is known before drafting")
+    g.add_argument("traces", nargs="+")
     args = p.parse_args(argv)
-    trace(args) if args.cmd == "trace" else replay(args)
+    {"trace": trace, "replay": replay, "signals": signals}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,20 @@ def test_gpu_bench_harness_on_cpu(tmp_path):
     assert "| 3 |" in (tmp_path / "gpu.md").read_text()
 
 
+def test_signals_tabulates_the_next_tokens_agreement_by_what_came_before(tmp_path, capsys):
+    from bench.replay import main as replay_main
+
+    row = {"match": [1, 0, 1, 1], "top": [0.3, 0.99, 0.6, 0.9], "target_top": [0.99, 0.4, 0.97, 0.85]}
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"dataset": "toy", "rows": [row]}))
+    replay_main(["signals", str(trace)])
+    got = {ln.split(" | ")[1]: ln.split(" | ")[2:] for ln in capsys.readouterr().out.splitlines()[2:]}
+    # t = 1, 2, 3 follow target_top 0.99, 0.4, 0.97 and drafter top 0.3, 0.99, 0.6; their matches are 0, 1, 1
+    assert got["target_top[t-1]"] == ["1.00 (1)", "–", "–", "1.00 (1)", "0.00 (1) |"]
+    assert got["drafter top[t-1]"] == ["0.00 (1)", "1.00 (1)", "–", "–", "1.00 (1) |"]
+    assert got["target_top[t] (hindsight)"] == ["0.00 (1)", "–", "1.00 (1)", "1.00 (1)", "– |"]
+
+
 def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
     from bench.replay import FixedCosts, main as replay_main, run_row
     from speccore.lookahead import ConfidenceStop, Constant
