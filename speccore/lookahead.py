@@ -444,6 +444,7 @@ class CostAware(_Policy):
         self._stop_on_confidence = False  # this step drafts while the drafter is confident
         self._s = 0.0  # discounted successes
         self._n = 0.0  # discounted trials
+        self._fs = self._fn = 0.0  # discounted drafting steps whose first token was accepted, and drafting steps
         # Consecutive k=0 steps, and how many of them before the next probe. The gap starts at 0:
         # the row probes at once, as the prior alone is no evidence that the drafter is useless.
         self._gap = 0
@@ -459,11 +460,31 @@ class CostAware(_Policy):
         a = self.prior_strength * prior + self._s
         return a / (self.prior_strength + self._n)
 
+    @property
+    def first_accept(self) -> float:
+        """P(a step's first drafted token is accepted): a Beta posterior over this row's drafting steps, with
+        the same prior and decay as alpha."""
+        prior = self.alpha_prior
+        if prior is None:
+            pair = self.cost_model.pair_alpha
+            prior = 0.5 if pair is None else pair
+        return (self.prior_strength * prior + self._fs) / (self.prior_strength + self._fn)
+
     def propose_k(self) -> int:
         alpha, cm = self.alpha, self.cost_model
         scores = [expected_tokens(alpha, k) / cm.step_cost(k) for k in range(self.k_max + 1)]
         best = k = max(range(len(scores)), key=lambda j: (scores[j], -j))  # ties -> smaller k
         reason = "argmax" if k > 0 else "plain"
+        # Under the cost stop, a drafting step runs until the next token no longer pays, which is worth more
+        # than the fixed k that alpha prices: with smollm2 (SLEM), two rejected first tokens put a row's alpha
+        # at 0.27-0.35, where no fixed k beats plain decoding, and the row went plain for 13-21 steps while
+        # first tokens were accepted 52-55% of the time (BENCHMARKS.md). So there the row drafts whenever its
+        # first token pays for itself: P(first accepted) >= c + v(1) - v(0), what a one-token draft adds.
+        first = None
+        if self._stop_rules_draft():
+            first = self.first_accept
+            k = best = self.k_max if first >= cm.c + cm.v(1) - 1.0 else 0
+            reason = "first_token" if k > 0 else "plain"
         # k = 0 teaches nothing about alpha, so a row that went plain would stay plain forever.
         # Probe: after `gap` plain steps, draft probe_k tokens once. A probe with a rejection
         # doubles the gap (probe_every, 2x, ... up to probe_max); a fully accepted one probes again
@@ -484,13 +505,22 @@ class CostAware(_Policy):
         self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
                           "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
                           "tokens_per_cost": scores[k], "argmax_k": best, "probe_wait": wait}
+        if first is not None:
+            self._decision["first_accept"] = first
         # A probe too: it is how a plain row finds a burst, and the drafter's confidence finds its end.
-        confident = self._confidence_seen or self.drafter_confidence
-        if reason in ("argmax", "probe") and self.confidence_threshold is not None and confident:
+        if reason in ("argmax", "first_token", "probe") and self._stops_on_confidence():
             self._stop_on_confidence, k = True, self.k_max
             self._decision.update(k=k, reason="argmax+confidence" if reason == "argmax" else reason,
                                   cost_k=self._decision["k"], threshold=self.confidence_threshold, stop=self.stop)
         return k
+
+    def _stops_on_confidence(self) -> bool:
+        """Whether a drafting step drafts to k_max and lets the stop end it (the proposer reports confidences)."""
+        return self.confidence_threshold is not None and (self._confidence_seen or self.drafter_confidence)
+
+    def _stop_rules_draft(self) -> bool:
+        """Whether draft-or-not follows the first token's value (the cost stop ends each draft) instead of k*."""
+        return self.stop == "cost" and self.k_max > 0 and self._stops_on_confidence()
 
     def _budget_gap(self, alpha: float) -> int:
         """Plain steps a probe must wait so that probing costs at most probe_budget of plain decoding (0 until
@@ -544,6 +574,8 @@ class CostAware(_Policy):
                 backoff = rejected or not self.can_pay()
                 self._gap = min(max(2 * self._gap, self.probe_every), self.probe_max) if backoff else 0
             self.cost_model.observe_confidences(self._tops, drafted, accepted)
+            self._fs = self.decay * self._fs + (accepted > 0)
+            self._fn = self.decay * self._fn + 1
             trials = accepted + (1 if rejected else 0)
             self._s = self.decay * self._s + accepted
             self._n = self.decay * self._n + trials

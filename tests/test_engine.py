@@ -324,7 +324,7 @@ def test_cost_aware_rows_use_the_drafters_confidence_from_their_first_step(targe
     firsts = {}
     for s in steps:
         d = json.loads(s.decision)
-        if d.get("reason") in ("argmax", "argmax+confidence", "probe"):
+        if d.get("reason") in ("argmax", "argmax+confidence", "first_token", "probe"):
             firsts.setdefault(s.row_id, d)
     assert len(firsts) >= 3
     for d in firsts.values():

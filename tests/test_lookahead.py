@@ -678,3 +678,29 @@ def test_cost_aware_without_confidence_stop_or_when_not_drafting_does_not_extend
     assert plain.propose_k() == 0  # and plain stays plain (the rejected probe backs off)
     with pytest.raises(ValueError, match="confidence_threshold"):
         CostAware(confidence_threshold=1.5)
+
+
+def test_under_the_cost_stop_a_row_drafts_while_its_first_token_pays():
+    """First tokens accepted half the time, the rest of each draft rejected: alpha is too low for any fixed k
+    to beat plain decoding, but the first token alone pays (0.5 >= c + v(1) - v(0) = 0.45), and the stop ends
+    each draft, so the row keeps drafting. With the threshold stop it goes plain (k* = 0)."""
+    v = lambda k: 1 + 0.15 * k ** 0.5  # noqa: E731
+    rows = {stop: CostAware(k_max=8, cost_model=CostModel(c=0.3, v=v), stop=stop, learn_costs=False,
+                            alpha_prior=0.5, prior_strength=2.0, decay=1.0) for stop in ("cost", "confidence")}
+    for p in rows.values():
+        p.drafter_confidence = True
+        for step in range(10):  # 10 drafts of 3 tokens: 1 accepted, then 0, then 1, ...
+            p.propose_k()
+            p.observe(8, 3, 1 - step % 2, 0.0, 0.0)
+    cost, conf = rows["cost"], rows["confidence"]
+    assert cost.first_accept == pytest.approx((1 + 5) / (2 + 10))  # first tokens: 5 of 10
+    assert cost.alpha == pytest.approx((1 + 5) / (2 + 15))  # tokens: 5 accepted of 15 tried
+    assert cost.propose_k() == 8 and cost.decision()["reason"] == "first_token"
+    assert conf.propose_k() == 0 or conf.decision()["reason"] == "probe"
+    assert conf.decision()["argmax_k"] == 0
+    # first tokens that keep failing: the row goes plain
+    for _ in range(6):
+        if cost.propose_k():
+            cost.observe(8, 3, 0, 0.0, 0.0)
+    assert cost.first_accept < 0.45
+    assert [cost.propose_k() for _ in range(3)] == [0, 0, 0] and cost.decision()["reason"] == "plain"
