@@ -380,7 +380,9 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 
 class CostAware(_Policy):
-    """Choose k in 0..k_max maximising E(k) / (k*c + v(k)); k = 0 (plain) unless some k beats it.
+    """Choose k in 0..k_max maximising E(k) / (k*c + v(k)); k = 0 (plain) unless some k beats it. Where the
+    drafter reports confidences and the cost stop ends each draft, a step drafts (to k_max, until the stop)
+    when its first token pays for itself instead: first_accept >= c + v(1) - v(0).
 
     alpha (per-token acceptance) is a Beta posterior whose evidence decays by `decay` per observed
     step, so it follows a row whose text changes (window ~ 1/(1 - decay) steps). A step with
@@ -451,24 +453,22 @@ class CostAware(_Policy):
         self._plain_run = 0
         self._decision: dict[str, Any] = {"policy": self.name, "reason": "initial"}
 
+    def _prior(self) -> float:
+        """The prior mean of alpha and first_accept: alpha_prior, else the pair's alpha (0.5 before any)."""
+        if self.alpha_prior is not None:
+            return self.alpha_prior
+        pair = self.cost_model.pair_alpha
+        return 0.5 if pair is None else pair
+
     @property
     def alpha(self) -> float:
-        prior = self.alpha_prior
-        if prior is None:
-            pair = self.cost_model.pair_alpha
-            prior = 0.5 if pair is None else pair
-        a = self.prior_strength * prior + self._s
-        return a / (self.prior_strength + self._n)
+        return (self.prior_strength * self._prior() + self._s) / (self.prior_strength + self._n)
 
     @property
     def first_accept(self) -> float:
         """P(a step's first drafted token is accepted): a Beta posterior over this row's drafting steps, with
         the same prior and decay as alpha."""
-        prior = self.alpha_prior
-        if prior is None:
-            pair = self.cost_model.pair_alpha
-            prior = 0.5 if pair is None else pair
-        return (self.prior_strength * prior + self._fs) / (self.prior_strength + self._fn)
+        return (self.prior_strength * self._prior() + self._fs) / (self.prior_strength + self._fn)
 
     def propose_k(self) -> int:
         alpha, cm = self.alpha, self.cost_model
