@@ -849,12 +849,10 @@ def _main(args, transformers, load_model) -> dict:
     pbytes = {k: _param_bytes(m.model) for k, m in models.items()}  # before packing: the fp32 models' size
     packed = {}
     if args.prepack == "on":
-        from speccore.models import calibration_ids
-        from speccore.prepack import prepack
+        from speccore.models import prepack_model
 
         # the dense weights stay only for transformers' peers: with --no-hf, memory is the pipeline's
-        packed = {k: prepack(m.model, keep_dense=not args.no_hf, int8=k.endswith(INT8),
-                             calibration=calibration_ids(m.tokenizer) if k.endswith(INT8) else None)
+        packed = {k: prepack_model(m.model, m.tokenizer, int8=k.endswith(INT8), keep_dense=not args.no_hf)
                   for k, m in models.items()}
     rss_load, peak_load = _rss_now(), _peak_rss()
     counted, warm, skipped = load_rows(args, target)

@@ -173,18 +173,19 @@ def signals(args) -> None:
     agreement at position t, by the target's top probability at t - 1 (the bonus token's, which the verify
     computed) and by the drafter's own at t - 1; and by the target's top probability at t, for scale (it is
     known only after the verify)."""
-    names = ("target_top[t-1]", "drafter top[t-1]", "target_top[t] (hindsight)")
+    signal_at = {  # name -> (trace field, offset from t)
+        "target_top[t-1]": ("target_top", -1), "drafter top[t-1]": ("top", -1), "target_top[t] (hindsight)": ("target_top", 0),
+    }
     labels = [f"< {SIGNAL_EDGES[0]}"] + [f"≥ {e}" for e in SIGNAL_EDGES]
     print("| trace | signal | " + " | ".join(labels) + " |")
     print("|---|---|" + "---|" * len(labels))
     for path in args.traces:
         s = json.loads(Path(path).read_text())
-        for name in names:
+        for name, (field, offset) in signal_at.items():
             n, hit = [0] * len(labels), [0] * len(labels)
             for r in s["rows"]:
                 for t in range(1, len(r["match"])):
-                    p = {names[0]: r["target_top"][t - 1], names[1]: r["top"][t - 1], names[2]: r["target_top"][t]}[name]
-                    b = sum(p >= e for e in SIGNAL_EDGES)
+                    b = sum(r[field][t + offset] >= e for e in SIGNAL_EDGES)
                     n[b] += 1
                     hit[b] += r["match"][t]
             cells = [f"{h / k:.2f} ({k})" if k else "–" for h, k in zip(hit, n)]

@@ -483,7 +483,7 @@ class CostAware(_Policy):
         first = None
         if self._stop_rules_draft():
             first = self.first_accept
-            k = best = self.k_max if first >= cm.c + cm.v(1) - 1.0 else 0
+            k = self.k_max if first >= cm.c + cm.v(1) - 1.0 else 0  # argmax_k in the log stays k*
             reason = "first_token" if k > 0 else "plain"
         # k = 0 teaches nothing about alpha, so a row that went plain would stay plain forever.
         # Probe: after `gap` plain steps, draft probe_k tokens once. A probe with a rejection

@@ -419,6 +419,14 @@ def calibration_ids(tokenizer) -> list[int]:
                       else Row(row_id="calibration", prompt=CALIBRATION_TEXT))
 
 
+def prepack_model(model, tokenizer, int8: bool = False, keep_dense: bool = False) -> int:
+    """prepack.prepack as a run packs a model: an int8 drafter calibrated on calibration_ids(tokenizer), so that
+    its down projections keep their outlier channels in fp32. Returns how many linears were swapped."""
+    from .prepack import prepack
+
+    return prepack(model, keep_dense=keep_dense, int8=int8, calibration=calibration_ids(tokenizer) if int8 else None)
+
+
 def load_model(
     ref: str,
     *,
@@ -452,11 +460,7 @@ def load_model(
     model = model.eval().to(device)
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     if prepack and str(device) == "cpu":
-        from .prepack import prepack as pack
-
-        calibration = calibration_ids(tok) if int8 else None
-        log.info("%s: %d linears pre-packed%s", ref, pack(model, int8=int8, calibration=calibration),
-                 " (int8)" if int8 else "")
+        log.info("%s: %d linears pre-packed%s", ref, prepack_model(model, tok, int8=int8), " (int8)" if int8 else "")
     elif int8:
         log.warning("%s: int8 drafting runs on the CPU with prepack only; it stays %s on %s", ref, dtype, device)
     eos = tuple(sorted(set(_as_ids(model.generation_config.eos_token_id) + _as_ids(tok.eos_token_id))))
