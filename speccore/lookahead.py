@@ -137,6 +137,9 @@ class ConfidenceStop(_Policy):
 # DESIGN.md section 9, eager fp32 on the CPU machines: target forward over k+1 tokens / one token.
 DEFAULT_V: dict[int, float] = {0: 1.00, 1: 2.11, 3: 2.62, 5: 2.82, 7: 2.92}
 DEFAULT_C = 0.18  # SmolLM2-135M step (~83 ms) / 1.5B step (~470 ms)
+# A drafted step's verify, divided by the plain step time, is a cost ratio while a plain step was timed within
+# this many target forwards; later, the machine's speed may have moved (CostModel).
+FRESH_FORWARDS = 8
 # A prompt forward over fewer cells (rows x columns) than this is bound by streaming the weights, not by
 # compute, so it says nothing about the seconds per token of a wide forward.
 PREFILL_MIN_CELLS = 64
@@ -168,11 +171,16 @@ def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
 
 @dataclass
 class _Timings:
-    """What a CostModel measured at one batch size (EWMA seconds)."""
+    """What a CostModel measured at one batch size: the plain step's seconds, and the other costs as ratios
+    to the plain step measured alongside them (EWMA)."""
 
-    t1: float | None = None  # per plain step
-    verify_s: dict[int, float] = field(default_factory=dict)  # drafted -> per verify
-    draft_tok_s: float | None = None  # per drafted token
+    t1: float | None = None  # seconds per plain step, now: the machine's current speed
+    since_plain: int = 0  # target forwards since the last plain step
+    v: dict[int, float] = field(default_factory=dict)  # drafted -> verify seconds / t1
+    c: float | None = None  # draft seconds per drafted token / t1
+    # Before the first plain step there is no t1 to divide by: seconds, turned into ratios at that step.
+    verify_s: dict[int, float] = field(default_factory=dict)
+    draft_tok_s: float | None = None
 
 
 class CostModel:
@@ -180,10 +188,18 @@ class CostModel:
     both relative to one plain target step. One object is shared by all rows of an engine.
 
     `v` is a sequence (v[k] for k = 0, 1, ...), a {k: v} mapping of measured points (interpolated),
-    or a callable. `update` folds measured timings in (EWMA, weight `ewma` for the new sample):
-    per-k verify seconds, draft seconds per drafted token, and the plain step time t1 (from k=0
-    steps or `set_step_time`). Until t1 is measured, the prior curve anchors it (t1 ~ verify_s /
+    or a callable. `update` folds measured timings in (EWMA, weight `ewma` for the new sample): the plain
+    step time t1 (from k=0 steps or `set_step_time`), and each drafted step's verify seconds and draft
+    seconds per token as ratios to t1. Until t1 is measured, the prior curve anchors it (t1 ~ verify_s /
     v_prior(k)), so c is still learnt relative to the target while v stays the prior.
+
+    Ratios, not seconds, because the machine's speed drifts: on the shared 2-core CPU a plain step took
+    286, 413 and 526 ms in three runs of one script within ten minutes, while v(1) stayed 1.10-1.13. Kept
+    as seconds, a verify timed in a slow minute and divided by plain steps timed in a fast one read v(1) =
+    1.3 (the isolated 1.1), which sent 124 of 154 steps of a batch-1 run plain; the other way round, v read
+    cheap. So a drafted step teaches a ratio only while a plain step was timed within FRESH_FORWARDS
+    forwards; after that (a row that drafts every step), its verify instead keeps t1 current at the ratio
+    known for its width (t1 ~ verify_s / v(k)), and c is read against that t1.
 
     Costs depend on the rows per forward: on the 2-core CPU a plain step of 8 rows costs 1.5 one-row steps,
     and v(7) is 3.4 at 8 rows against 1.6 at one. So timings are kept per batch size (`batch_size`, which the
@@ -240,6 +256,12 @@ class CostModel:
         """Measured plain (one-token) target step time, e.g. from a warm-up step."""
         m = self._record
         m.t1 = self._avg(m.t1, float(seconds))
+        m.since_plain = 0
+        if m.verify_s or m.draft_tok_s is not None:  # seconds timed before the first plain step: ratios now
+            m.v.update({k: s / m.t1 for k, s in m.verify_s.items()})
+            if m.draft_tok_s is not None:
+                m.c = m.draft_tok_s / m.t1
+            m.verify_s, m.draft_tok_s = {}, None
 
     def update(self, drafted: int, draft_s: float, verify_s: float) -> None:
         """Fold in one step's timings; drafted = draft tokens the target verified (0 = plain step)."""
@@ -249,9 +271,19 @@ class CostModel:
             self.set_step_time(verify_s)
             return
         m = self._record
-        m.verify_s[drafted] = self._avg(m.verify_s.get(drafted), float(verify_s))
-        if draft_s > 0:
-            m.draft_tok_s = self._avg(m.draft_tok_s, draft_s / drafted)
+        m.since_plain += 1
+        per_tok = draft_s / drafted if draft_s > 0 else None
+        if m.t1 is None:
+            m.verify_s[drafted] = self._avg(m.verify_s.get(drafted), float(verify_s))
+            if per_tok is not None:
+                m.draft_tok_s = self._avg(m.draft_tok_s, per_tok)
+            return
+        if m.since_plain <= FRESH_FORWARDS:  # t1 is this minute's: the step's ratio to it is a cost
+            m.v[drafted] = self._avg(m.v.get(drafted), verify_s / m.t1)
+        else:  # t1 may be another minute's: the step says how fast the machine runs now
+            m.t1 = self._avg(m.t1, verify_s / self.v(drafted))
+        if per_tok is not None:
+            m.c = self._avg(m.c, per_tok / m.t1)
 
     def observe_prefill(self, cells: int, seconds: float) -> None:
         """A target forward over `cells` prompt tokens (rows x longest prompt, padding included) took `seconds`."""
@@ -282,7 +314,7 @@ class CostModel:
     @property
     def measured(self) -> bool:
         """Whether a plain step and a verify have been timed at the current batch size."""
-        return self._m.t1 is not None and bool(self._m.verify_s)
+        return self._m.t1 is not None and bool(self._m.v)
 
     def observe_acceptance(self, drafted: int, accepted: int, decay: float = 0.99) -> None:
         """One row's step: `accepted` of `drafted` draft tokens kept (trials as in CostAware.observe)."""
@@ -322,9 +354,7 @@ class CostModel:
         return (self._acc_s + 0.5 * PAIR_PRIOR_TRIALS) / (self._acc_n + PAIR_PRIOR_TRIALS)
 
     def _anchor(self) -> float | None:
-        """Seconds of one plain target step: measured, else implied by the prior v curve."""
-        if self._m.t1 is not None:
-            return self._m.t1
+        """Seconds of one plain target step before any was timed, as the prior v curve implies them."""
         if not self._m.verify_s:
             return None
         implied = [s / self._v_prior(k) for k, s in self._m.verify_s.items()]
@@ -332,10 +362,13 @@ class CostModel:
 
     @property
     def c(self) -> float:
+        m = self._m
+        if m.c is not None:
+            return m.c
         t1 = self._anchor()
-        if self._m.draft_tok_s is None or not t1:
+        if m.draft_tok_s is None or not t1:
             return self._c_prior
-        return self._m.draft_tok_s / t1
+        return m.draft_tok_s / t1
 
     def v(self, k: int) -> float:
         """v(k): measured where k was measured; between measured points, interpolated. Elsewhere, once the
@@ -347,29 +380,35 @@ class CostModel:
         if k == 0:
             return 1.0
         m = self._m
-        if m.t1 is not None and k in m.verify_s:
-            return m.verify_s[k] / m.t1
-        slope = self.batch_size * self._prefill_cell_s / m.t1 if m.t1 and self._prefill_cell_s else None
-        if m.t1 is None or not m.verify_s:
-            return 1.0 + slope * k if slope is not None else float(self._v_prior(k))
-        ks = sorted(m.verify_s)
+        if m.t1 is None:  # timed before any plain step: the prior's shape through those points
+            return self._v_scaled({j: s / self._anchor() for j, s in m.verify_s.items()}, k)
+        slope = self.batch_size * self._prefill_cell_s / m.t1 if self._prefill_cell_s else None
+        if slope is not None and not min(m.v, default=0) <= k <= max(m.v, default=-1):
+            near = min(m.v, key=lambda j: abs(j - k), default=0)
+            return max(1.0, m.v.get(near, 1.0) + slope * (k - near))
+        return self._v_scaled(m.v, k)
+
+    def _v_scaled(self, points: Mapping[int, float], k: int) -> float:
+        """v(k) from measured ratios: k itself, else interpolated between two, else the prior's shape
+        scaled to the nearest (the prior itself where none was measured)."""
+        if not points:
+            return float(self._v_prior(k))
+        if k in points:
+            return points[k]
+        ks = sorted(points)
         j = bisect.bisect_left(ks, k)
-        if 0 < j < len(ks):  # between two measured points
+        if 0 < j < len(ks):
             k0, k1 = ks[j - 1], ks[j]
-            v0, v1 = m.verify_s[k0] / m.t1, m.verify_s[k1] / m.t1
-            return v0 + (v1 - v0) * (k - k0) / (k1 - k0)
+            return points[k0] + (points[k1] - points[k0]) * (k - k0) / (k1 - k0)
         near = ks[0] if j == 0 else ks[-1]
-        v_near = m.verify_s[near] / m.t1
-        if slope is not None:
-            return max(1.0, v_near + slope * (k - near))
-        return v_near * float(self._v_prior(k)) / float(self._v_prior(near))
+        return points[near] * float(self._v_prior(k)) / float(self._v_prior(near))
 
     def step_cost(self, k: int) -> float:
         """Cost of a step that drafts k tokens; a plain step (k=0) costs 1."""
         return 1.0 if k == 0 else k * self.c + self.v(k)
 
     def snapshot(self) -> dict:
-        return {"c": self.c, "t1_s": self._m.t1, "v_measured": sorted(self._m.verify_s),
+        return {"c": self.c, "t1_s": self._m.t1, "v_measured": sorted(self._m.v),
                 "pair_alpha": self.pair_alpha, "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at),
                 "prefill_cell_s": self._prefill_cell_s, "catch_up_cell_s": self._catch_up_cell_s}
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from speccore.lookahead import (
-    ConfidenceStop, Constant, CostAware, CostModel, Heuristic, LookaheadPolicy, Oracle,
+    FRESH_FORWARDS, ConfidenceStop, Constant, CostAware, CostModel, Heuristic, LookaheadPolicy, Oracle,
     batch_k, expected_tokens, fraction_of_oracle, make_policy, oracle_k, oracle_speedup, policy_speedup,
 )
 
@@ -137,6 +137,42 @@ def test_cost_model_update_from_timings():
     assert cm.v(7) == pytest.approx(1.5 / 0.5)
     assert cm.v(5) == pytest.approx(v3 + (3.0 - v3) * 2 / 4)
     assert cm.v(9) == pytest.approx(3.0 * (2.92 + 2 * 0.05) / 2.92)
+
+
+@pytest.mark.parametrize("before, after", [(0.30, 0.45), (0.45, 0.30)])
+def test_cost_model_costs_survive_the_machine_changing_speed(before, after):
+    """v(1) = 1.1 measured beside plain steps of one speed stays 1.1 when the machine then runs plain steps
+    at another (a shared CPU drifts by 1.5x within minutes): kept as seconds, the old verify divided by the
+    new plain steps read v(1) = 0.73 or 1.65, and c likewise."""
+    cm = CostModel(ewma=0.2)
+    for _ in range(10):
+        cm.update(0, draft_s=0.0, verify_s=before)
+        cm.update(1, draft_s=0.06 * before / 0.3, verify_s=1.1 * before)
+    for _ in range(30):
+        cm.update(0, draft_s=0.0, verify_s=after)
+    assert cm.step_time == pytest.approx(after, rel=1e-3)
+    assert cm.v(1) == pytest.approx(1.1)
+    assert cm.c == pytest.approx(0.2)
+
+
+def test_cost_model_a_row_that_never_goes_plain_keeps_its_ratios_and_follows_the_speed():
+    """Long after the last plain step, verifies say how fast the machine runs now at the ratio known for
+    their width: v(3) and c stay as measured, and the plain step time follows the machine (1.5x slower)."""
+    cm = CostModel(ewma=0.2)
+    cm.update(0, draft_s=0.0, verify_s=0.3)
+    for _ in range(FRESH_FORWARDS):
+        cm.update(3, draft_s=0.15, verify_s=0.36)
+    assert (cm.v(3), cm.c) == (pytest.approx(1.2), pytest.approx(0.05 / 0.3))
+    for _ in range(40):
+        cm.update(3, draft_s=0.225, verify_s=0.54)
+    assert cm.step_time == pytest.approx(0.45, rel=1e-3)
+    assert cm.v(3) == pytest.approx(1.2)
+    assert cm.c == pytest.approx(0.075 / 0.45, rel=1e-3)
+    # within FRESH_FORWARDS of a plain step, a verify is a ratio again
+    cm.update(0, draft_s=0.0, verify_s=0.45)
+    for _ in range(FRESH_FORWARDS):
+        cm.update(3, draft_s=0.225, verify_s=0.675)
+    assert cm.v(3) == pytest.approx(1.5 - 0.3 * 0.8 ** FRESH_FORWARDS, rel=1e-3)
 
 
 def test_cost_model_keeps_costs_per_batch_size():
