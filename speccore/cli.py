@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -110,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--dataset", help="only this dataset (a label such as humaneval or file:x.jsonl, or a kind)")
     a.set_defaults(func=cmd_advise)
     args = ap.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `speccore sql ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 if __name__ == "__main__":

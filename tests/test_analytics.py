@@ -127,6 +127,20 @@ def test_sql_cli_writes_csv(data, tmp_path):
     assert lines[0].startswith('"run_id"') and len(lines) == 4
 
 
+def test_sql_cli_into_a_pipe_closed_early_ends_quietly(data):
+    """`speccore sql ... | head -1` ends without a traceback when head stops reading."""
+    import subprocess
+    import sys
+
+    query = "SELECT range AS i, repeat('x', 200) AS pad FROM range(20000)"
+    proc = subprocess.Popen([sys.executable, "-m", "speccore.cli", "sql", "--data", str(data), query],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline()  # the header; then the reader goes away
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "Broken pipe" not in err, err
+
+
 def test_steps_of_an_uncommitted_shard_are_not_data(tmp_path):
     """A writer killed between a shard's steps file and its generations file (the commit) leaves the
     steps file alone on disk: the steps view must not count it until the re-run commits the shard."""
