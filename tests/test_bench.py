@@ -74,6 +74,25 @@ def test_gpu_bench_harness_on_cpu(tmp_path):
     assert "| 3 |" in (tmp_path / "gpu.md").read_text()
 
 
+def test_cudagraph_bench_harness_on_cpu(tmp_path):
+    """bench/cudagraph.py on the CPU (tiny shapes): the StaticCache forward it captures on a GPU gives the
+    DynamicCache forward's logits at every width, each path is timed, and the report says graphs were skipped."""
+    from bench.cudagraph import main as cg_main
+
+    out = tmp_path / "cg"
+    res = cg_main(["--device", "cpu", "--tiny", "--batch-sizes", "1,2", "--widths", "1,3", "--reps", "1",
+                   "--out", str(out)])
+    assert [(r["model"], r["batch_size"], r["width"]) for r in res["rows"]] == [
+        (m, b, w) for m in ("target", "drafter") for b in (1, 2) for w in (1, 3)]
+    for r in res["rows"]:
+        assert r["static_vs_eager"]["argmax_same"] == r["static_vs_eager"]["positions"] == r["batch_size"] * r["width"]
+        assert r["static_vs_eager"]["max_abs_diff"] < 1e-4
+        assert {"eager_ms", "engine_ms", "static_ms"} <= set(r) and "graph_ms" not in r
+        assert r["path"].startswith("none: CUDA graphs are CUDA-only")
+    assert [s["batch_size"] for s in res["summary"]] == [1, 2] and res["summary"][0]["eager_v"][1] == 1.0
+    assert "CUDA-only" in (tmp_path / "cg.md").read_text()
+
+
 def test_signals_tabulates_the_next_tokens_agreement_by_what_came_before(tmp_path, capsys):
     from bench.replay import main as replay_main
 
