@@ -132,3 +132,15 @@ def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
     lines = {ln.split(" | ")[0].strip("| "): ln for ln in out.splitlines() if ln.startswith("| ")}
     assert {"oracle", "constant:k=2", "cost:stop=confidence", "cost"} <= set(lines)
     assert "(100%)" not in lines["constant:k=2"]  # a rejected token drafted: short of hindsight
+
+def test_steptime_times_verifies_beside_drafter_forwards(tiny_zoo, capsys):
+    """bench/steptime.py on the tiny zoo: every mode is timed, v(1) is printed, each drafter fp32 and int8."""
+    from bench.steptime import main as steptime_main
+
+    steptime_main(["--target", str(tiny_zoo["target-qwen-g"]), "--drafter", str(tiny_zoo["drafter-llama-g"]),
+                   "--drafters", str(tiny_zoo["drafter-llama-g"]), "--reps", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    for mode in ("plain", "v1", "d+plain", "d+v1", "d5+v1"):
+        assert f" {mode} " in out
+    assert "v(1) = " in out and "after a drafter forward" in out
+    assert "fp32 one-token step" in out and "int8 one-token step" in out
