@@ -14,6 +14,8 @@ target adds per step, tokens per step = accepted + 1.
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
@@ -238,6 +240,11 @@ class CostModel:
         self._cal_n = [0.0] * len(CONFIDENCE_EDGES)  # and trials
         self._prefill_cell_s: float | None = None  # target seconds per cell of a prompt forward
         self._catch_up_cell_s: float | None = None  # drafter seconds per cell of a catch-up
+        # c and v(k) read back until the next measurement: every row's propose_k prices k = 0..k_max each
+        # step, and on a GPU, where a step is 20-30 ms, 64 rows of that cost 0.7x of batched AR in Python alone.
+        self._version = 0
+        self._memo: dict = {}
+        self._memo_key: tuple[int, int] | None = None
 
     @property
     def _m(self) -> _Timings:
@@ -252,8 +259,17 @@ class CostModel:
     def _avg(self, old: float | None, new: float) -> float:
         return new if old is None else (1 - self.ewma) * old + self.ewma * new
 
+    def _memoised(self, key, compute: Callable[[], float]) -> float:
+        at = (self.batch_size, self._version)
+        if self._memo_key != at:
+            self._memo, self._memo_key = {}, at
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def set_step_time(self, seconds: float) -> None:
         """Measured plain (one-token) target step time, e.g. from a warm-up step."""
+        self._version += 1
         m = self._record
         m.t1 = self._avg(m.t1, float(seconds))
         m.since_plain = 0
@@ -270,6 +286,7 @@ class CostModel:
         if drafted == 0:
             self.set_step_time(verify_s)
             return
+        self._version += 1
         m = self._record
         m.since_plain += 1
         per_tok = draft_s / drafted if draft_s > 0 else None
@@ -288,6 +305,7 @@ class CostModel:
     def observe_prefill(self, cells: int, seconds: float) -> None:
         """A target forward over `cells` prompt tokens (rows x longest prompt, padding included) took `seconds`."""
         if cells >= PREFILL_MIN_CELLS and seconds > 0:
+            self._version += 1
             self._prefill_cell_s = self._avg(self._prefill_cell_s, seconds / cells)
 
     def observe_catch_up(self, cells: int, seconds: float) -> None:
@@ -362,6 +380,9 @@ class CostModel:
 
     @property
     def c(self) -> float:
+        return self._memoised("c", self._c)
+
+    def _c(self) -> float:
         m = self._m
         if m.c is not None:
             return m.c
@@ -377,8 +398,9 @@ class CostModel:
         nearest measured point, if any). On the 2-core CPU that predicted v(7) = 1.5 at one row, v(3) = 2.6 and
         v(16) = 9.7 at 16 rows, against 1.5-1.6, 2.55 and 10.4 measured. Before that, the prior, scaled to the
         nearest measured point: a prior off by a factor steers only until one k is measured."""
-        if k == 0:
-            return 1.0
+        return 1.0 if k == 0 else self._memoised(k, lambda: self._v(k))
+
+    def _v(self, k: int) -> float:
         m = self._m
         if m.t1 is None:  # timed before any plain step: the prior's shape through those points
             return self._v_scaled({j: s / self._anchor() for j, s in m.verify_s.items()}, k)
@@ -407,15 +429,28 @@ class CostModel:
         """Cost of a step that drafts k tokens; a plain step (k=0) costs 1."""
         return 1.0 if k == 0 else k * self.c + self.v(k)
 
+    def step_costs(self, k_max: int) -> tuple[float, ...]:
+        """step_cost(k) for k = 0..k_max, computed once per measurement."""
+        return self._memoised(("steps", k_max), lambda: tuple(self.step_cost(k) for k in range(k_max + 1)))
+
     def snapshot(self) -> dict:
         return {"c": self.c, "t1_s": self._m.t1, "v_measured": sorted(self._m.v),
                 "pair_alpha": self.pair_alpha, "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at),
                 "prefill_cell_s": self._prefill_cell_s, "catch_up_cell_s": self._catch_up_cell_s}
 
 
+EXPECTED_CURVE_LEN = 16  # E(0..16) of one alpha at once: a row's propose_k and the batch's batch_k read them all
+
+
 def expected_tokens(alpha: float, k: int) -> float:
     """E(k) = 1 + alpha + ... + alpha^k = (1 - alpha^(k+1)) / (1 - alpha); k+1 at alpha = 1."""
-    return float(sum(alpha ** i for i in range(k + 1)))
+    return _expected_curve(float(alpha), max(int(k), EXPECTED_CURVE_LEN))[k]
+
+
+@functools.lru_cache(maxsize=4096)
+def _expected_curve(alpha: float, k_max: int) -> tuple[float, ...]:
+    """E(0), ..., E(k_max), each the same left-to-right sum of alpha^i that sum() gives."""
+    return tuple(itertools.accumulate(alpha ** i for i in range(k_max + 1)))
 
 
 class CostAware(_Policy):
@@ -511,7 +546,8 @@ class CostAware(_Policy):
 
     def propose_k(self) -> int:
         alpha, cm = self.alpha, self.cost_model
-        scores = [expected_tokens(alpha, k) / cm.step_cost(k) for k in range(self.k_max + 1)]
+        scores = [e / cost for e, cost in zip(_expected_curve(alpha, max(self.k_max, EXPECTED_CURVE_LEN)),
+                                              cm.step_costs(self.k_max))]
         best = k = max(range(len(scores)), key=lambda j: (scores[j], -j))  # ties -> smaller k
         reason = "argmax" if k > 0 else "plain"
         # Under the cost stop, a drafting step runs until the next token no longer pays, which is worth more
@@ -655,7 +691,7 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     catch_up = cost_model.catch_up_steps(B * max(behind)) if behind else 0.0
 
     def tokens_per_cost(k: int, alphas: Sequence[float], amortise: bool = True) -> float:
-        tokens = sum(expected_tokens(a, min(k, r)) for a, r in zip(alphas, rooms))
+        tokens = sum(e[min(k, r)] for e, r in zip(_curves(alphas, kmax), rooms))
         cost = cost_model.step_cost(k)
         if k and amortise and catch_up:
             cost += catch_up * tokens / B / max(horizon, 1.0)
@@ -677,6 +713,12 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     for p in policies:
         p.join_batch(best)
     return [min(best, r) for r in rooms]
+
+
+def _curves(alphas: Sequence[float], k_max: int) -> list[tuple[float, ...]]:
+    """Each alpha's E(0..k_max) (expected_tokens), at the cost of a cache lookup per row."""
+    n = max(k_max, EXPECTED_CURVE_LEN)
+    return [_expected_curve(float(a), n) for a in alphas]
 
 
 def _probe_pays(width: int, alphas: Sequence[float], rooms: Sequence[int], horizon: float, cm: CostModel,

@@ -552,6 +552,8 @@ def test_cost_model_predicts_an_unmeasured_verify_from_the_prompt_rate():
     cm.batch_size = 1
     cm.set_step_time(0.25)
     assert cm.v(7) == pytest.approx(1 + 7 * 0.01 / 0.25)  # one row: 1.28
+    cm.observe_prefill(4096, 4 * 40.96)  # a slower prompt rate moves what was read a moment ago
+    assert cm.v(7) == pytest.approx(1 + 7 * 0.04 / 0.25) and cm.step_costs(7)[7] == pytest.approx(7 * 0.2 + cm.v(7))
     assert CostModel().v(7) == pytest.approx(2.92)  # no rate: the prior
 
 
