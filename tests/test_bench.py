@@ -133,6 +133,7 @@ def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
     assert {"oracle", "constant:k=2", "cost:stop=confidence", "cost"} <= set(lines)
     assert "(100%)" not in lines["constant:k=2"]  # a rejected token drafted: short of hindsight
 
+
 def test_steptime_times_verifies_beside_drafter_forwards(tiny_zoo, capsys):
     """bench/steptime.py on the tiny zoo: every mode is timed, v(1) is printed, each drafter fp32 and int8."""
     from bench.steptime import main as steptime_main

@@ -175,6 +175,13 @@ def test_cost_model_a_row_that_never_goes_plain_keeps_its_ratios_and_follows_the
     assert cm.v(3) == pytest.approx(1.5 - 0.3 * 0.8 ** FRESH_FORWARDS, rel=1e-3)
 
 
+def test_expected_tokens_from_the_cache_are_the_sums_bit_for_bit():
+    """The cached curves give the very floats the plain sum gave, so caching changed no decision."""
+    for alpha in (0.0, 0.1, 0.37, 0.5, 0.8125, 0.9, 0.999, 1.0):
+        for k in range(0, 24):
+            assert expected_tokens(alpha, k) == float(sum(alpha ** i for i in range(k + 1)))
+
+
 def test_cost_model_keeps_costs_per_batch_size():
     """One row's costs say nothing of eight rows': a batch size not measured yet reads the priors."""
     cm = CostModel(c=0.18, ewma=1.0)
