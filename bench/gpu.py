@@ -11,7 +11,8 @@ What it measures, each at batch sizes 1..64:
 - `verify`: v_B(k), the target forward over k+1 new tokens per row after a cached context, relative
   to the one-token step at the same batch size; and c_B, the drafter step relative to the target step;
 - `engine`: tokens/s of transformers' `generate` (batched AR, the peer), speccore AR, and speccore
-  speculative (constant k and the cost-aware policy) at each alpha; the share of a speccore AR step
+  speculative (constant k and the cost-aware policy) at each alpha, each cell timed interleaved with a
+  speccore AR run for its ratio; the share of a speccore AR step
   that is not the model forward (the engine's own overhead); and whether the speculative outputs equal
   the AR ones.
 
@@ -244,16 +245,20 @@ def hf_generate(model, prompts: list[list[int]], max_new: int, device: str) -> l
     return out[:, x.shape[1]:].tolist()
 
 
-def timed(args, fn) -> tuple[float, object]:
-    """One warm-up, then the median wall time of `reps` runs; returns (seconds, last result)."""
-    res, ts = None, []
+def timed(args, *fns) -> tuple:
+    """One warm-up, then the median wall time of `reps` runs of each fn, the fns interleaved within each
+    repetition; returns (seconds, last result) per fn, flattened: (s1, r1, s2, r2, ...). Interleaved, because
+    this host's speed moves by 20% between identical runs: a cell timed minutes after its AR reference
+    read 0.65x with the very same forwards (BENCHMARKS.md, GPU re-runs)."""
+    res, ts = [None] * len(fns), [[] for _ in fns]
     for rep in range(args.reps + 1):
-        t0 = now(args.device)
-        res = fn()
-        t = now(args.device) - t0
-        if rep:
-            ts.append(t)
-    return statistics.median(ts), res
+        for i, fn in enumerate(fns):
+            t0 = now(args.device)
+            res[i] = fn()
+            t = now(args.device) - t0
+            if rep:
+                ts[i].append(t)
+    return tuple(x for i in range(len(fns)) for x in (statistics.median(ts[i]), res[i]))
 
 
 @torch.inference_mode()
@@ -300,12 +305,13 @@ def engine_curve(args, target, drafter, verify_rows: dict[int, dict], save, out:
                                               args.seed)
                 eng = Engine(loaded, proposer=proposer, policy_factory=policy_factory(pol, args.k), sampling=S,
                              batch_size=B, algorithm="standard")
-                t, (res, steps) = timed(args, lambda: run(eng))
+                t_ref, _, t, (res, steps) = timed(args, lambda: run(ar), lambda: run(eng))  # AR beside each cell
                 drafted = sum(s.drafted for s in steps)
                 accepted = sum(s.accepted for s in steps)
                 n_step = len({(s.row_id, s.step) for s in steps}) / B
                 spec = {"proposer": kind, "alpha": alpha, "policy": pol if pol == "cost" else f"constant-{args.k}",
-                        "tok_s": n_tokens / t, "vs_speccore_ar": t_ar / t,
+                        "tok_s": n_tokens / t, "vs_speccore_ar": t_ref / t,
+                        "speccore_ar_tok_s_beside": n_tokens / t_ref,
                         "acceptance_rate": accepted / drafted if drafted else None,
                         "mean_acceptance_length": 1 + accepted / max(1, len(steps)),
                         "steps_per_row": n_step, "mean_k": sum(s.k for s in steps) / max(1, len(steps)),
@@ -341,7 +347,8 @@ def markdown(res: dict) -> str:
         head = ["batch", "HF AR tok/s", "speccore AR tok/s", "AR vs HF", "engine overhead"]
         head += [f"{kind} a={a} {p}" for kind, a, p in cols]
         lines += [f"Tokens/s ({m['max_new_tokens']} new tokens per row, prompts of {m['prompt_len']} tokens; "
-                  "speculative cells: tok/s (x own AR at that batch size), rows identical to AR):", "",
+                  "speculative cells: tok/s (x own AR at that batch size, timed interleaved with the cell), "
+                  "rows identical to AR):", "",
                   "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for r in res["engine"]:
             hf = r.get("hf_ar_tok_s")

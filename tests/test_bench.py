@@ -67,6 +67,7 @@ def test_gpu_bench_harness_on_cpu(tmp_path):
         assert len(specs) == 8
         for s in specs.values():
             assert s["identical_rows"] == r["batch_size"], s
+            assert s["speccore_ar_tok_s_beside"] > 0 and s["vs_speccore_ar"] > 0  # its own AR, timed beside it
         for kind in ("drafter", "free"):
             assert specs[(kind, 1.0, "constant-4")]["acceptance_rate"] == 1.0
             assert specs[(kind, 0.0, "constant-4")]["acceptance_rate"] == 0.0
