@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.gpu import DRAFTER_SHAPE, TARGET_SHAPE, random_model  # noqa: E402
+from bench.gpu import DRAFTER_SHAPE, TARGET_SHAPE, random_model, setup, write  # noqa: E402
 from speccore.decoder import CachedLM  # noqa: E402
 
 CPU_PATH = "none: CUDA graphs are CUDA-only (skipped on cpu)"
@@ -477,21 +476,10 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no CUDA device")
-    import transformers
-
-    dtype = getattr(torch, args.dtype)
-    torch.backends.cuda.matmul.allow_tf32 = False  # as bench.gpu: fp32 means fp32
-    torch.backends.cudnn.allow_tf32 = False
+    dtype, meta = setup(args)
     shapes = {"target": TARGET_SHAPE, "drafter": DRAFTER_SHAPE}
-    meta = {"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
-            "transformers": transformers.__version__, "triton": triton_available(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"), "context": args.context,
-            "widths": args.widths, "batch_sizes": args.batch_sizes, "reps": args.reps, "tiny": args.tiny,
-            "argv": sys.argv[1:],
-            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
-            "paths_run": []}
+    meta.update(triton=triton_available(), context=args.context, widths=args.widths, batch_sizes=args.batch_sizes,
+                paths_run=[])
     if args.compiled:
         meta["compile_mode"] = args.compile_mode
     print(json.dumps(meta), flush=True)
@@ -499,10 +487,7 @@ def main(argv=None) -> dict:
 
     def save():
         res["summary"] = summarise(res["rows"], args.batch_sizes, args.widths)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out + ".json").write_text(json.dumps(res, indent=1, default=str))
-            Path(args.out + ".md").write_text(markdown(res))
+        write(args.out, res, markdown)
 
     for i, name in enumerate(args.models):
         model = random_model(shapes[name], args.device, dtype, args.seed + i, args.tiny)

@@ -363,32 +363,44 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def setup(args) -> tuple[torch.dtype, dict]:
+    """What every GPU bench does first: check the device, keep fp32 fp32 (TF32 off: greedy must follow the AR
+    reference), and start its metadata (versions, device, date, argv). Returns (dtype, meta)."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no CUDA device")
     import transformers
 
-    dtype = getattr(torch, args.dtype)
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: greedy must follow the AR reference
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    target = random_model(TARGET_SHAPE, args.device, dtype, args.seed, args.tiny)
-    drafter = random_model(DRAFTER_SHAPE, args.device, dtype, args.seed + 1, args.tiny)
     meta = {"device": args.device, "dtype": args.dtype, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "context": args.context, "prompt_len": args.prompt_len,
-            "max_new_tokens": args.max_new_tokens, "reps": args.reps, "tiny": args.tiny, "argv": sys.argv[1:],
-            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
-            "target_params": sum(p.numel() for p in target.parameters()),
-            "drafter_params": sum(p.numel() for p in drafter.parameters())}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "reps": args.reps, "tiny": args.tiny, "argv": sys.argv[1:],
+            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()}
+    return getattr(torch, args.dtype), meta
+
+
+def write(out: str | None, res: dict, markdown) -> None:
+    """OUT.json and OUT.md, if --out was given; called after every batch size or model, so a run cut short by a
+    time limit still leaves what it measured."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out + ".json").write_text(json.dumps(res, indent=1, default=str))
+        Path(out + ".md").write_text(markdown(res))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    dtype, meta = setup(args)
+    target = random_model(TARGET_SHAPE, args.device, dtype, args.seed, args.tiny)
+    drafter = random_model(DRAFTER_SHAPE, args.device, dtype, args.seed + 1, args.tiny)
+    meta.update(context=args.context, prompt_len=args.prompt_len, max_new_tokens=args.max_new_tokens,
+                target_params=sum(p.numel() for p in target.parameters()),
+                drafter_params=sum(p.numel() for p in drafter.parameters()))
     print(json.dumps(meta), flush=True)
     res: dict = {"meta": meta}
 
-    def save():  # after every batch size: a run cut short by a time limit still leaves its rows
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out + ".json").write_text(json.dumps(res, indent=1, default=str))
-            Path(args.out + ".md").write_text(markdown(res))
+    def save():
+        write(args.out, res, markdown)
 
     if "verify" in args.parts:
         res["verify"] = verify_costs(args, target, drafter)
