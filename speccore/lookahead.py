@@ -403,7 +403,8 @@ class CostModel:
     def _v(self, k: int) -> float:
         m = self._m
         if m.t1 is None:  # timed before any plain step: the prior's shape through those points
-            return self._v_scaled({j: s / self._anchor() for j, s in m.verify_s.items()}, k)
+            t1 = self._anchor()
+            return self._v_scaled({j: s / t1 for j, s in m.verify_s.items()}, k)
         slope = self.batch_size * self._prefill_cell_s / m.t1 if self._prefill_cell_s else None
         if slope is not None and not min(m.v, default=0) <= k <= max(m.v, default=-1):
             near = min(m.v, key=lambda j: abs(j - k), default=0)
