@@ -154,6 +154,9 @@ PAIR_PRIOR_TRIALS = 8.0
 # pseudo-trials each bin starts with at its own midpoint (a drafter's confidence, taken at its word).
 CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0)
 CALIBRATION_PRIOR = 4.0
+# A row's tokens per cost (CostAware.rate) starts as this many plain steps: the cost stop then prices a fresh
+# row's tokens at their cost alone, and more dearly as the row's drafts pay.
+RATE_PRIOR_STEPS = 2.0
 
 
 def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
@@ -507,9 +510,9 @@ class CostAware(_Policy):
         self.confidence_threshold = confidence_threshold
         # How a drafting step stops (with drafter confidences and a threshold): "cost" drafts the next token
         # while P(every token so far accepted) x P(the next one accepted) >= what it costs (c + the verify's
-        # extra width), each token's P read off the pair's calibration of the drafter's top probability
-        # (CostModel.accept_prob), the next token's taken as the last one's; "confidence" stops after a token
-        # under the threshold. Replayed on 10 HumanEval and 10 ShareGPT traces with the int8 0.5B drafter
+        # extra width) times the row's tokens per cost so far (`rate`), each token's P read off the pair's
+        # calibration of the drafter's top probability (CostModel.accept_prob), the next token's taken as the
+        # last one's; "confidence" stops after a token under the threshold. Replayed on 10 HumanEval and 10 ShareGPT traces with the int8 0.5B drafter
         # (bench/replay.py): cost 84% / 73% of the oracle, confidence 79% / 64% (BENCHMARKS.md); in the bench,
         # 87% / 71% against 81% / 64%, and 2.36x / 1.56x own AR against 2.05x / 1.38x.
         if stop not in ("cost", "confidence"):
@@ -522,6 +525,7 @@ class CostAware(_Policy):
         self._s = 0.0  # discounted successes
         self._n = 0.0  # discounted trials
         self._fs = self._fn = 0.0  # discounted drafting steps whose first token was accepted, and drafting steps
+        self._tokens = self._cost = 0.0  # discounted tokens the row's steps yielded, and what they cost
         # Consecutive k=0 steps, and how many of them before the next probe. The gap starts at 0:
         # the row probes at once, as the prior alone is no evidence that the drafter is useless.
         self._gap = 0
@@ -538,6 +542,18 @@ class CostAware(_Policy):
     @property
     def alpha(self) -> float:
         return (self.prior_strength * self._prior() + self._s) / (self.prior_strength + self._n)
+
+    @property
+    def rate(self) -> float:
+        """The row's tokens per cost so far (plain decoding = 1), with the same decay as alpha, from a prior
+        of RATE_PRIOR_STEPS plain steps; never under 1, as the row can always decode plainly.
+
+        The cost stop prices a drafted token against it: the aim is tokens per cost, so a token is worth
+        drafting only if it adds more tokens per unit of cost than the row's steps make on average
+        (Dinkelbach's rule for a ratio), not merely more than it costs. Without it, on HumanEval traces the
+        rule drafted until P(accepted) fell to c + the verify's extra width (about 0.22), where the best
+        threshold fit in hindsight was 0.5-0.7 (bench/replay.py: 81% of the oracle against 84% with it)."""
+        return max(1.0, (self._tokens + RATE_PRIOR_STEPS) / (self._cost + RATE_PRIOR_STEPS))
 
     @property
     def first_accept(self) -> float:
@@ -587,7 +603,8 @@ class CostAware(_Policy):
         if reason in ("argmax", "first_token", "probe") and self._stops_on_confidence():
             self._stop_on_confidence, k = True, self.k_max
             self._decision.update(k=k, reason="argmax+confidence" if reason == "argmax" else reason,
-                                  cost_k=self._decision["k"], threshold=self.confidence_threshold, stop=self.stop)
+                                  cost_k=self._decision["k"], threshold=self.confidence_threshold, stop=self.stop,
+                                  rate=self.rate)
         return k
 
     def _stops_on_confidence(self) -> bool:
@@ -617,7 +634,7 @@ class CostAware(_Policy):
         cm = self.cost_model
         q = cm.accept_prob(drafter_top_prob)
         self._p_all *= q
-        return self._p_all * q >= cm.c + cm.v(i + 1) - cm.v(i)
+        return self._p_all * q >= self.rate * (cm.c + cm.v(i + 1) - cm.v(i))
 
     def join_batch(self, k: int) -> None:
         """The batch drafts k for every row: this row drafts all of it, with no confidence stop (the
@@ -655,6 +672,8 @@ class CostAware(_Policy):
             trials = accepted + (1 if rejected else 0)
             self._s = self.decay * self._s + accepted
             self._n = self.decay * self._n + trials
+        self._tokens = self.decay * self._tokens + accepted + 1
+        self._cost = self.decay * self._cost + self.cost_model.step_cost(drafted)
         if self.learn_costs:
             self.cost_model.update(drafted, draft_s, verify_s)
             self.cost_model.observe_acceptance(drafted, accepted)

@@ -677,6 +677,26 @@ def test_cost_stop_drafts_while_the_next_token_pays_for_itself(c, tops, drafted)
     assert p.decision()["stop"] == "cost"
 
 
+def test_cost_stop_prices_a_token_against_the_rows_tokens_per_cost():
+    """A token is drafted if it adds more tokens per unit of cost than the row makes on average: a fresh row
+    (rate 1, as plain decoding) drafts two 0.6 tokens; once its drafts yield 5 tokens for 2.2 plain steps,
+    a 0.6 token no longer pays and the draft ends after the first, while confident tokens still run to k_max."""
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)  # a drafted token costs c + 0.1 = 0.3
+    p = CostAware(k_max=12, cost_model=cm, learn_costs=False, **strong(0.9))
+    p.drafter_confidence = True
+    assert p.rate == 1.0 and drafts(p, [0.6] * 12) == 2  # 0.6^2 = 0.36 >= 0.3 goes on, 0.6^3 stops
+    p.observe(12, 2, 0, 0.0, 0.0)  # 1 token for 1.6 plain steps: still worth no more than plain
+    assert p.rate == 1.0
+    p.observe(12, 4, 4, 0.0, 0.0)  # 5 tokens for 0.8 + 1.4 = 2.2
+    tokens, cost = 0.95 * 1 + 5, 0.95 * 1.6 + 2.2
+    assert p.rate == pytest.approx((tokens + 2) / (cost + 2))  # 1.40
+    assert drafts(p, [0.6] * 12) == 1  # 0.36 < 1.40 x 0.3 = 0.42
+    assert p.decision()["rate"] == pytest.approx(p.rate)
+    assert drafts(p, [0.99] * 12) == 12  # 0.99^13 = 0.88 >= 0.42
+    p.observe(0, 0, 0, 0.0, 0.0)  # a plain step: 1 token for 1
+    assert 1.0 < p.rate < (tokens + 2) / (cost + 2)
+
+
 def test_the_pair_calibration_pairs_each_confidence_with_its_verdict():
     cm = CostModel()
     assert cm.accept_prob(0.99) == pytest.approx(0.99) and cm.accept_prob(0.6) == pytest.approx(0.6)
