@@ -239,8 +239,14 @@ class CostModel:
         self.batch_size = 1
         self._at: dict[int, _Timings] = {}
         self._acc_s = self._acc_n = 0.0  # the pair's discounted accepted tokens and trials
-        self._cal_s = [0.0] * len(CONFIDENCE_EDGES)  # per confidence bin: discounted accepted tokens
-        self._cal_n = [0.0] * len(CONFIDENCE_EDGES)  # and trials
+        self._first_s = self._first_n = 0.0  # the pair's discounted drafts whose first token was kept, and drafts
+        # Per confidence bin, for a draft's first token ([0]) and for its later ones ([1]): discounted accepted
+        # tokens and trials. Apart, because a draft's first token comes after the target's correction: with
+        # smollm2 and gemma (SLEM, HumanEval) the target kept about half of the first tokens and 76-88% of the
+        # second ones in most runs (BENCHMARKS.md), and one pooled calibration, fed mostly first tokens, priced
+        # the second ones as first ones and ended most drafts after one token.
+        self._cal_s = [[0.0] * len(CONFIDENCE_EDGES) for _ in range(2)]
+        self._cal_n = [[0.0] * len(CONFIDENCE_EDGES) for _ in range(2)]
         self._prefill_cell_s: float | None = None  # target seconds per cell of a prompt forward
         self._catch_up_cell_s: float | None = None  # drafter seconds per cell of a catch-up
         # c and v(k) read back until the next measurement: every row's propose_k prices k = 0..k_max each
@@ -342,6 +348,8 @@ class CostModel:
         if drafted > 0:
             self._acc_s = decay * self._acc_s + accepted
             self._acc_n = decay * self._acc_n + accepted + (1 if accepted < drafted else 0)
+            self._first_s = decay * self._first_s + (accepted > 0)
+            self._first_n = decay * self._first_n + 1
 
     def observe_confidences(self, tops: Sequence[float], drafted: int, accepted: int, decay: float = 0.99) -> None:
         """One row's step: the drafter's top probability of each drafted token, in order (`drafted` of them),
@@ -351,19 +359,20 @@ class CostModel:
         # tokens' there is nothing to pair; where it is the same (SLEM on like tokenizers), token j is read as j.
         if drafted <= 0 or len(tops) != drafted:
             return
-        self._cal_s = [decay * x for x in self._cal_s]
-        self._cal_n = [decay * x for x in self._cal_n]
+        self._cal_s = [[decay * x for x in row] for row in self._cal_s]
+        self._cal_n = [[decay * x for x in row] for row in self._cal_n]
         for j, p in enumerate(tops[: accepted + 1]):
             b = min(bisect.bisect_left(CONFIDENCE_EDGES, p), len(CONFIDENCE_EDGES) - 1)
-            self._cal_n[b] += 1
-            self._cal_s[b] += j < accepted
+            self._cal_n[j > 0][b] += 1
+            self._cal_s[j > 0][b] += j < accepted
 
-    def accept_prob(self, top: float) -> float:
+    def accept_prob(self, top: float, first: bool = False) -> float:
         """P(a drafted token is accepted | its drafter top probability, the tokens before it accepted): the
-        pair's calibration, starting at the drafter's own word (the bin's midpoint)."""
+        pair's calibration for a draft's first token or for a later one, starting at the drafter's own word
+        (the bin's midpoint)."""
         b = min(bisect.bisect_left(CONFIDENCE_EDGES, top), len(CONFIDENCE_EDGES) - 1)
         mid = (CONFIDENCE_EDGES[b] + (CONFIDENCE_EDGES[b - 1] if b else 0.0)) / 2
-        return (self._cal_s[b] + CALIBRATION_PRIOR * mid) / (self._cal_n[b] + CALIBRATION_PRIOR)
+        return (self._cal_s[not first][b] + CALIBRATION_PRIOR * mid) / (self._cal_n[not first][b] + CALIBRATION_PRIOR)
 
     @property
     def pair_alpha(self) -> float | None:
@@ -373,6 +382,15 @@ class CostModel:
         if self._acc_n <= 0:
             return None
         return (self._acc_s + 0.5 * PAIR_PRIOR_TRIALS) / (self._acc_n + PAIR_PRIOR_TRIALS)
+
+    @property
+    def pair_first_accept(self) -> float | None:
+        """The pair's rate of drafts whose first token was accepted (None before any), smoothed as pair_alpha.
+        Not alpha, which pools a draft's tokens: with SLEM pairs a draft's first token is kept far less often
+        than the ones after it (about half, against 76-88% for the second)."""
+        if self._first_n <= 0:
+            return None
+        return (self._first_s + 0.5 * PAIR_PRIOR_TRIALS) / (self._first_n + PAIR_PRIOR_TRIALS)
 
     def _anchor(self) -> float | None:
         """Seconds of one plain target step before any was timed, as the prior v curve implies them."""
@@ -439,7 +457,8 @@ class CostModel:
 
     def snapshot(self) -> dict:
         return {"c": self.c, "t1_s": self._m.t1, "v_measured": sorted(self._m.v),
-                "pair_alpha": self.pair_alpha, "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at),
+                "pair_alpha": self.pair_alpha, "pair_first_accept": self.pair_first_accept,
+                "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at),
                 "prefill_cell_s": self._prefill_cell_s, "catch_up_cell_s": self._catch_up_cell_s}
 
 
@@ -467,7 +486,8 @@ class CostAware(_Policy):
     accepted < drafted is `accepted` successes then one failure; a fully accepted draft is
     `accepted` successes and no failure (what would come next is unknown). The prior
     Beta(s*alpha_prior, s*(1-alpha_prior)), s = prior_strength, carries a pair-level estimate shared
-    by the rows: with alpha_prior=None it is the cost model's `pair_alpha` (0.5 until the pair has drafted).
+    by the rows: with alpha_prior=None it is the cost model's `pair_alpha` (0.5 until the pair has drafted), and
+    first_accept's is the pair's first-token rate (`pair_first_accept`).
     """
 
     name = "cost"
@@ -512,9 +532,10 @@ class CostAware(_Policy):
         # while P(every token so far accepted) x P(the next one accepted) >= what it costs (c + the verify's
         # extra width) times the row's tokens per cost so far (`rate`), each token's P read off the pair's
         # calibration of the drafter's top probability (CostModel.accept_prob), the next token's taken as the
-        # last one's; "confidence" stops after a token under the threshold. Replayed on 10 HumanEval and 10 ShareGPT traces with the int8 0.5B drafter
-        # (bench/replay.py): cost 84% / 73% of the oracle, confidence 79% / 64% (BENCHMARKS.md); in the bench,
-        # 87% / 71% against 81% / 64%, and 2.36x / 1.56x own AR against 2.05x / 1.38x.
+        # last one's (as a later token's: the first token has a calibration of its own); "confidence" stops
+        # after a token under the threshold. Replayed on 10 HumanEval and 10 ShareGPT traces with the int8
+        # 0.5B drafter (bench/replay.py): cost 84% / 73% of the oracle, confidence 79% / 64% (BENCHMARKS.md);
+        # in the bench, 87% / 71% against 81% / 64%, and 2.36x / 1.56x own AR against 2.05x / 1.38x.
         if stop not in ("cost", "confidence"):
             raise ValueError(f"need stop 'cost' or 'confidence', got {stop!r}")
         self.stop = stop
@@ -532,16 +553,15 @@ class CostAware(_Policy):
         self._plain_run = 0
         self._decision: dict[str, Any] = {"policy": self.name, "reason": "initial"}
 
-    def _prior(self) -> float:
-        """The prior mean of alpha and first_accept: alpha_prior, else the pair's alpha (0.5 before any)."""
+    def _prior(self, pair: float | None) -> float:
+        """The prior mean of alpha or first_accept: alpha_prior, else the pair's rate (0.5 before any)."""
         if self.alpha_prior is not None:
             return self.alpha_prior
-        pair = self.cost_model.pair_alpha
         return 0.5 if pair is None else pair
 
     @property
     def alpha(self) -> float:
-        return (self.prior_strength * self._prior() + self._s) / (self.prior_strength + self._n)
+        return (self.prior_strength * self._prior(self.cost_model.pair_alpha) + self._s) / (self.prior_strength + self._n)
 
     @property
     def rate(self) -> float:
@@ -557,9 +577,10 @@ class CostAware(_Policy):
 
     @property
     def first_accept(self) -> float:
-        """P(a step's first drafted token is accepted): a Beta posterior over this row's drafting steps, with
-        the same prior and decay as alpha."""
-        return (self.prior_strength * self._prior() + self._fs) / (self.prior_strength + self._fn)
+        """P(a step's first drafted token is accepted): a Beta posterior over this row's drafting steps, from
+        the pair's first-token rate (or alpha_prior), with alpha's prior strength and decay."""
+        prior = self._prior(self.cost_model.pair_first_accept)
+        return (self.prior_strength * prior + self._fs) / (self.prior_strength + self._fn)
 
     def propose_k(self) -> int:
         alpha, cm = self.alpha, self.cost_model
@@ -632,9 +653,8 @@ class CostAware(_Policy):
         if self.stop == "confidence":
             return drafter_top_prob >= self.confidence_threshold
         cm = self.cost_model
-        q = cm.accept_prob(drafter_top_prob)
-        self._p_all *= q
-        return self._p_all * q >= self.rate * (cm.c + cm.v(i + 1) - cm.v(i))
+        self._p_all *= cm.accept_prob(drafter_top_prob, first=i == 1)
+        return self._p_all * cm.accept_prob(drafter_top_prob) >= self.rate * (cm.c + cm.v(i + 1) - cm.v(i))
 
     def join_batch(self, k: int) -> None:
         """The batch drafts k for every row: this row drafts all of it, with no confidence stop (the

@@ -699,19 +699,24 @@ def test_cost_stop_prices_a_token_against_the_rows_tokens_per_cost():
 
 def test_the_pair_calibration_pairs_each_confidence_with_its_verdict():
     cm = CostModel()
-    assert cm.accept_prob(0.99) == pytest.approx(0.99) and cm.accept_prob(0.6) == pytest.approx(0.6)
+    for first in (True, False):
+        assert cm.accept_prob(0.99, first) == pytest.approx(0.99) and cm.accept_prob(0.6, first) == pytest.approx(0.6)
     # 4 drafted, 2 accepted: tokens 1-2 accepted, token 3 rejected, token 4 never tried
     cm.observe_confidences([0.99, 0.99, 0.6, 0.1], drafted=4, accepted=2)
-    assert cm.accept_prob(0.99) == pytest.approx((2 + 4 * 0.99) / (2 + 4))
-    assert cm.accept_prob(0.6) == pytest.approx((0 + 4 * 0.6) / (1 + 4))
+    assert cm.accept_prob(0.99, first=True) == pytest.approx((1 + 4 * 0.99) / (1 + 4))  # token 1
+    assert cm.accept_prob(0.99) == pytest.approx((1 + 4 * 0.99) / (1 + 4))  # token 2, a later one
+    assert cm.accept_prob(0.6) == pytest.approx((0 + 4 * 0.6) / (1 + 4))  # token 3
+    assert cm.accept_prob(0.6, first=True) == pytest.approx(0.6)  # no first token at 0.6 yet
     assert cm.accept_prob(0.1) == pytest.approx(0.15)  # untried: still the prior
     before = cm.accept_prob(0.99)
     cm.observe_confidences([0.99, 0.5], drafted=3, accepted=0)  # not one confidence per draft token: unpaired
     assert cm.accept_prob(0.99) == before
-    # one rejected confident token per step: the pair learns that 0.99 means ~0.5 here
+    # a confident first token kept and a confident second one rejected, each step: the pair learns that 0.99
+    # means ~1 for a draft's first token and ~0 for a later one
     for _ in range(200):
         cm.observe_confidences([0.99, 0.99], drafted=2, accepted=1)
-    assert cm.accept_prob(0.99) == pytest.approx(0.5, abs=0.02)
+    assert cm.accept_prob(0.99, first=True) == pytest.approx(1.0, abs=0.02)
+    assert cm.accept_prob(0.99) == pytest.approx(0.0, abs=0.05)
 
 
 def test_cost_stop_drafts_less_once_the_pair_finds_its_drafter_overconfident():
@@ -723,7 +728,10 @@ def test_cost_stop_drafts_less_once_the_pair_finds_its_drafter_overconfident():
         d = drafts(p, [0.99] * 12)
         p.observe(12, d, min(d, 2), 0.0, 0.0)
         lengths.append(d)
-    assert lengths[0] == 12 and lengths[-1] == 3 and lengths == sorted(lengths, reverse=True)
+    # token 3 is never kept: the drafts shorten to 2 tokens, and a full draft of 2 (no rejection seen) now and
+    # then tries a third
+    assert lengths[0] == 12 and lengths[:6] == sorted(lengths[:6], reverse=True) and set(lengths[-10:]) <= {2, 3}
+    assert cm.accept_prob(0.99, first=True) > 0.99  # first tokens: always kept
     with pytest.raises(ValueError, match="stop"):
         CostAware(stop="never")
 
@@ -769,3 +777,22 @@ def test_under_the_cost_stop_a_row_drafts_while_its_first_token_pays():
             cost.observe(8, 3, 0, 0.0, 0.0)
     assert cost.first_accept < 0.45
     assert [cost.propose_k() for _ in range(3)] == [0, 0, 0] and cost.decision()["reason"] == "plain"
+
+
+def test_a_new_rows_first_accept_starts_from_the_pairs_first_token_rate_not_its_alpha():
+    """Drafts of 4 whose first token is kept and the second rejected: alpha is 1/2 per token, but first tokens
+    are always kept, and a new row of the pair starts its first-token estimate there."""
+    cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)
+    assert cm.pair_first_accept is None
+    for _ in range(20):
+        cm.observe_acceptance(4, 1)
+    assert cm.pair_alpha == pytest.approx(0.5, abs=1e-9)
+    n = sum(0.99 ** i for i in range(20))
+    assert cm.pair_first_accept == pytest.approx((n + 4) / (n + 8))  # 0.85
+    row = CostAware(k_max=8, cost_model=cm, learn_costs=False)
+    assert row.alpha == pytest.approx(0.5) and row.first_accept == pytest.approx(cm.pair_first_accept)
+    told = CostAware(k_max=8, cost_model=cm, alpha_prior=0.3, learn_costs=False)  # a given prior wins
+    assert told.first_accept == pytest.approx(0.3) and told.alpha == pytest.approx(0.3)
+    cm.observe_acceptance(0, 0)  # a plain step is no draft
+    assert cm.pair_first_accept == pytest.approx((n + 4) / (n + 8))
+    assert cm.snapshot()["pair_first_accept"] == cm.pair_first_accept
