@@ -5,7 +5,8 @@ teacher-forced. For each output position t it keeps the drafter's greedy token, 
 whether it equals the target's token, and the target's own top probability there (`target_top`). `replay` then drives the library's policies (lookahead.py, as the
 engine calls them: propose_k, should_continue after each drafted token, observe) over those traces at
 fixed costs c and v(k), and prints each policy's modelled speedup over plain decoding and its fraction of
-the oracle (a constant k_max run priced by lookahead.oracle_speedup, as bench.py does).
+the oracle (a constant k_max run priced by lookahead.oracle_speedup, as bench.py does). `bounds` prints what
+stops could reach on the same traces, for scale (see its docstring).
 
 What it leaves out, so take its figures as the model's, not the clock's:
 - same vocabulary only (a drafter token is a target token);
@@ -19,17 +20,19 @@ What it leaves out, so take its figures as the model's, not the clock's:
         --targets-from /tmp/traces-humaneval.json --out /tmp/traces-humaneval-b.json   # another drafter, same outputs
     python -m bench.replay replay /tmp/traces-*.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json \
         --drafter-cost 'qwen2.5-coder-0.5b@int8'
+    python -m bench.replay bounds /tmp/traces-humaneval.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from speccore.lookahead import CostModel, make_policy, oracle_speedup, policy_speedup
+from speccore.lookahead import CONFIDENCE_EDGES, CostModel, make_policy, oracle_speedup, policy_speedup
 
 
 def trace(args) -> None:
@@ -138,11 +141,22 @@ def policy_for(spec: str, cm: CostModel, k_max: int):
     return make_policy(name, **params)
 
 
-def replay(args) -> None:
+def load_costs(args) -> tuple[float, dict]:
+    """c and v(k) of a bench run's costs part (--costs, --drafter-cost), printed as a heading."""
     costs = json.loads(Path(args.costs).read_text())["costs"]
     c = costs["drafters"][args.drafter_cost]["c"]
     v = costs["target"]["v"]
     print(f"c = {c:.3f}; v(1, 4, 8, 16) = {', '.join(f'{v[str(k)]:.2f}' for k in (1, 4, 8, 16))}")
+    return c, v
+
+
+def constant_log(trace: dict, cm: CostModel, args) -> list[dict]:
+    """The steps of a constant k_max run over a trace set: the least censored log, which the oracle prices."""
+    return [st for r in trace["rows"] for st in run_row(r, policy_for("constant", cm, args.k_max), cm, args.max_new_tokens)]
+
+
+def replay(args) -> None:
+    c, v = load_costs(args)
     sets = [json.loads(Path(p).read_text()) for p in args.traces]
     policies = args.policies.split(";")
     print("| policy | " + " | ".join(s["dataset"] for s in sets) + " |")
@@ -150,9 +164,7 @@ def replay(args) -> None:
     oracles = []  # per dataset: the oracle over a constant k_max run's steps
     for s in sets:
         cm = FixedCosts(c, v)
-        log = [st for r in s["rows"] for st in run_row(r, policy_for("constant", cm, args.k_max), cm,
-                                                        args.max_new_tokens)]
-        oracles.append(oracle_speedup(log, cm))
+        oracles.append(oracle_speedup(constant_log(s, cm, args), cm))
     print("| oracle | " + " | ".join(f"{orc:.2f}×" for orc in oracles) + " |")
     for spec in policies:
         cells = []
@@ -163,6 +175,66 @@ def replay(args) -> None:
             sp = policy_speedup(log, cm)
             cells.append(f"{sp:.2f}× ({sp / orc:.0%})")
         print(f"| {spec} | " + " | ".join(cells) + " |")
+
+
+THETAS = tuple(x / 100 for x in range(2, 100, 2))
+
+
+def bounds(args) -> None:
+    """What stops could reach on these traces, in the model, beside the oracle (which knows each step's
+    accepted count before drafting): a stop told, after drafting each token, whether it will be kept (it pays c
+    for the rejected token it drafted, and c + a plain step where that is the first); and the best rule
+    "draft while P(every token so far kept) >= theta", P the acceptance per drafter-confidence bin of these
+    very traces and theta fitted on them: a yardstick, fitted in hindsight, for stops that go on the drafter's
+    confidence."""
+    c, v = load_costs(args)
+    print("| bound | dataset | speedup | fraction of the oracle |")
+    print("|---|---|---|---|")
+    for path in args.traces:
+        s = json.loads(Path(path).read_text())
+        cm = FixedCosts(c, v)
+        log = constant_log(s, cm, args)
+        oracle = oracle_speedup(log, cm)
+        told = sum(st["accepted"] + 1 for st in log) / sum(
+            c + 1 if st["accepted"] == 0 else cm.step_cost(st["accepted"]) + (c if st["drafted"] > st["accepted"] else 0)
+            for st in log)
+        hits, seen = [0] * len(CONFIDENCE_EDGES), [0] * len(CONFIDENCE_EDGES)
+        for r in s["rows"]:
+            for m, p in zip(r["match"], r["top"]):
+                b = _bin(p)
+                seen[b] += 1
+                hits[b] += m
+        fitted = [h / n if n else 0.0 for h, n in zip(hits, seen)]
+        theta, best = max(((t, _theta_speedup(s, fitted, t, cm, args)) for t in THETAS), key=lambda x: x[1])
+        for name, sp in (("oracle", oracle), ("told after each drafted token", told),
+                         (f"best fitted theta ({theta:.2f})", best)):
+            print(f"| {name} | {s['dataset']} | {sp:.2f}× | {sp / oracle:.0%} |")
+
+
+def _bin(top: float) -> int:
+    return min(bisect.bisect_left(CONFIDENCE_EDGES, top), len(CONFIDENCE_EDGES) - 1)
+
+
+def _theta_speedup(trace: dict, accept: list[float], theta: float, cm: CostModel, args) -> float:
+    """Tokens per cost of drafting each step while the product of `accept` (per confidence bin) is >= theta."""
+    tokens = cost = 0.0
+    for r in trace["rows"]:
+        match, top, n, t = r["match"], r["top"], len(r["target"]), 0
+        while t < n:
+            room = min(max(0, min(args.max_new_tokens, n) - t - 1), args.k_max)
+            drafted, p_all = 0, 1.0
+            while drafted < room:
+                p_all *= accept[_bin(top[t + drafted])]
+                drafted += 1
+                if p_all < theta:
+                    break
+            accepted = 0
+            while accepted < drafted and match[t + accepted]:
+                accepted += 1
+            tokens += accepted + 1
+            cost += cm.step_cost(drafted)
+            t += accepted + 1
+    return tokens / cost
 
 
 SIGNAL_EDGES = (0.5, 0.8, 0.95, 0.99)
@@ -215,10 +287,16 @@ def main(argv=None) -> None:
                    help="';'-separated, each 'name' or 'name:key=value,...'")
     r.add_argument("--k-max", type=int, default=16)
     r.add_argument("--max-new-tokens", type=int, default=64)
+    b = sub.add_parser("bounds", help="the oracle, a stop told each token's verdict, and the best fitted threshold")
+    b.add_argument("traces", nargs="+")
+    b.add_argument("--costs", required=True, help="a bench result JSON with a costs part")
+    b.add_argument("--drafter-cost", default="qwen2.5-coder-0.5b@int8", help="its key under costs.drafters")
+    b.add_argument("--k-max", type=int, default=16)
+    b.add_argument("--max-new-tokens", type=int, default=64)
     g = sub.add_parser("signals", help="the first drafted token's acceptance by what is known before drafting")
     g.add_argument("traces", nargs="+")
     args = p.parse_args(argv)
-    {"trace": trace, "replay": replay, "signals": signals}[args.cmd](args)
+    {"trace": trace, "replay": replay, "bounds": bounds, "signals": signals}[args.cmd](args)
 
 
 if __name__ == "__main__":

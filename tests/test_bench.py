@@ -135,6 +135,23 @@ def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
     assert "(100%)" not in lines["constant:k=2"]  # a rejected token drafted: short of hindsight
 
 
+def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_path, capsys):
+    from bench.replay import main as replay_main
+
+    # constant k_max = 4 drafts tokens 0-2 (room 3) and keeps 1, then token 2 alone (room 1) and keeps it
+    row = {"target": [7] * 4, "match": [1, 0, 1, 1], "top": [0.99, 0.99, 0.6, 0.6]}
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"dataset": "toy", "rows": [row]}))
+    costs = tmp_path / "c.json"
+    costs.write_text(json.dumps({"costs": {"drafters": {"d": {"c": 0.2}},
+                                           "target": {"v": {"0": 1, "1": 1.1, "4": 1.4, "8": 1.7, "16": 2.4}}}}))
+    replay_main(["bounds", str(trace), "--costs", str(costs), "--drafter-cost", "d", "--k-max", "4"])
+    got = [ln.split(" | ")[0].strip("| ") + " " + ln.split(" | ")[2] for ln in capsys.readouterr().out.splitlines()[3:]]
+    # oracle: 4 tokens for 2 one-token drafts (1.3 each); told: the first step also pays c for the rejected
+    # token 1 (4 / 2.8); fitted: 0.99 is kept 1 time in 2, 0.6 always, so theta > 0.5 drafts one token a step
+    assert got == ["oracle 1.54×", "told after each drafted token 1.43×", "best fitted theta (0.52) 1.54×"]
+
+
 def test_steptime_times_verifies_beside_drafter_forwards(tiny_zoo, capsys):
     """bench/steptime.py on the tiny zoo: every mode is timed, v(1) is printed, each drafter fp32 and int8."""
     from bench.steptime import main as steptime_main
