@@ -152,7 +152,8 @@ def load_costs(args) -> tuple[float, dict]:
 
 def constant_log(trace: dict, cm: CostModel, args) -> list[dict]:
     """The steps of a constant k_max run over a trace set: the least censored log, which the oracle prices."""
-    return [st for r in trace["rows"] for st in run_row(r, policy_for("constant", cm, args.k_max), cm, args.max_new_tokens)]
+    return [st for r in trace["rows"]
+            for st in run_row(r, policy_for("constant", cm, args.k_max), cm, args.max_new_tokens)]
 
 
 def replay(args) -> None:
@@ -196,7 +197,7 @@ def bounds(args) -> None:
         log = constant_log(s, cm, args)
         oracle = oracle_speedup(log, cm)
         told = sum(st["accepted"] + 1 for st in log) / sum(
-            c + 1 if st["accepted"] == 0 else cm.step_cost(st["accepted"]) + (c if st["drafted"] > st["accepted"] else 0)
+            c + 1 if st["accepted"] == 0 else cm.step_cost(st["accepted"]) + c * (st["drafted"] > st["accepted"])
             for st in log)
         hits, seen = [0] * len(CONFIDENCE_EDGES), [0] * len(CONFIDENCE_EDGES)
         for r in s["rows"]:

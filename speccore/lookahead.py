@@ -211,9 +211,9 @@ class CostModel:
     engine sets before each step; rows that finish shrink it), and a batch size not measured yet starts from
     the priors, not from another size's costs.
 
-    It also keeps the pair's acceptance (`observe_acceptance`, `pair_alpha`): a row's cost-aware policy
-    starts from it instead of a blind prior, so a new row does not go plain on its first rejection when the
-    pair is known to be good.
+    It also keeps the pair's acceptance (`observe_acceptance`, `pair_alpha`, `pair_first_accept`): a row's
+    cost-aware policy starts from it instead of a blind prior, so a new row does not go plain on its first
+    rejection when the pair is known to be good.
 
     Two rates say what wide forwards cost, whatever the batch size: the target's seconds per cell (row x
     column) of a prompt forward (`observe_prefill`), where compute, not weight streaming, sets the time; and
@@ -561,7 +561,8 @@ class CostAware(_Policy):
 
     @property
     def alpha(self) -> float:
-        return (self.prior_strength * self._prior(self.cost_model.pair_alpha) + self._s) / (self.prior_strength + self._n)
+        prior = self._prior(self.cost_model.pair_alpha)
+        return (self.prior_strength * prior + self._s) / (self.prior_strength + self._n)
 
     @property
     def rate(self) -> float:
@@ -572,7 +573,8 @@ class CostAware(_Policy):
         drafting only if it adds more tokens per unit of cost than the row's steps make on average
         (Dinkelbach's rule for a ratio), not merely more than it costs. Without it, on HumanEval traces the
         rule drafted until P(accepted) fell to c + the verify's extra width (about 0.22), where the best
-        threshold fit in hindsight was 0.5-0.7 (bench/replay.py: 81% of the oracle against 84% with it)."""
+        threshold fitted in hindsight is 0.5-0.66 (`bench.replay bounds`); with it, cost-aware replays at
+        83-85% of the oracle on 24 HumanEval rows, against 80-83% (BENCHMARKS.md)."""
         return max(1.0, (self._tokens + RATE_PRIOR_STEPS) / (self._cost + RATE_PRIOR_STEPS))
 
     @property
@@ -653,8 +655,9 @@ class CostAware(_Policy):
         if self.stop == "confidence":
             return drafter_top_prob >= self.confidence_threshold
         cm = self.cost_model
-        self._p_all *= cm.accept_prob(drafter_top_prob, first=i == 1)
-        return self._p_all * cm.accept_prob(drafter_top_prob) >= self.rate * (cm.c + cm.v(i + 1) - cm.v(i))
+        later = cm.accept_prob(drafter_top_prob)  # the next token's P, read as this token's would be were it later
+        self._p_all *= cm.accept_prob(drafter_top_prob, first=True) if i == 1 else later
+        return self._p_all * later >= self.rate * (cm.c + cm.v(i + 1) - cm.v(i))
 
     def join_batch(self, k: int) -> None:
         """The batch drafts k for every row: this row drafts all of it, with no confidence stop (the
