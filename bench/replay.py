@@ -25,14 +25,14 @@ What it leaves out, so take its figures as the model's, not the clock's:
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from speccore.lookahead import CONFIDENCE_EDGES, CostModel, make_policy, oracle_speedup, policy_speedup
+from speccore.lookahead import (CONFIDENCE_EDGES, CostModel, confidence_bin, make_policy, oracle_speedup,
+                                policy_speedup)
 
 
 def trace(args) -> None:
@@ -150,10 +150,15 @@ def load_costs(args) -> tuple[float, dict]:
     return c, v
 
 
+def steps_of(trace: dict, spec: str, cm: CostModel, args) -> list[dict]:
+    """The steps of every row of a trace set, each row under a fresh policy from `spec` (policy_for)."""
+    return [st for r in trace["rows"]
+            for st in run_row(r, policy_for(spec, cm, args.k_max), cm, args.max_new_tokens)]
+
+
 def constant_log(trace: dict, cm: CostModel, args) -> list[dict]:
     """The steps of a constant k_max run over a trace set: the least censored log, which the oracle prices."""
-    return [st for r in trace["rows"]
-            for st in run_row(r, policy_for("constant", cm, args.k_max), cm, args.max_new_tokens)]
+    return steps_of(trace, "constant", cm, args)
 
 
 def replay(args) -> None:
@@ -171,8 +176,7 @@ def replay(args) -> None:
         cells = []
         for s, orc in zip(sets, oracles):
             cm = FixedCosts(c, v)  # one per policy and dataset, shared by its rows (the pair's prior)
-            log = [st for r in s["rows"] for st in run_row(r, policy_for(spec, cm, args.k_max), cm,
-                                                           args.max_new_tokens)]
+            log = steps_of(s, spec, cm, args)
             sp = policy_speedup(log, cm)
             cells.append(f"{sp:.2f}× ({sp / orc:.0%})")
         print(f"| {spec} | " + " | ".join(cells) + " |")
@@ -202,40 +206,42 @@ def bounds(args) -> None:
         hits, seen = [0] * len(CONFIDENCE_EDGES), [0] * len(CONFIDENCE_EDGES)
         for r in s["rows"]:
             for m, p in zip(r["match"], r["top"]):
-                b = _bin(p)
+                b = confidence_bin(p)
                 seen[b] += 1
                 hits[b] += m
         fitted = [h / n if n else 0.0 for h, n in zip(hits, seen)]
-        theta, best = max(((t, _theta_speedup(s, fitted, t, cm, args)) for t in THETAS), key=lambda x: x[1])
+        theta, best = _best_theta(s, fitted, cm, args)
         for name, sp in (("oracle", oracle), ("told after each drafted token", told),
                          (f"best fitted theta ({theta:.2f})", best)):
             print(f"| {name} | {s['dataset']} | {sp:.2f}× | {sp / oracle:.0%} |")
 
 
-def _bin(top: float) -> int:
-    return min(bisect.bisect_left(CONFIDENCE_EDGES, top), len(CONFIDENCE_EDGES) - 1)
+def _best_theta(trace: dict, accept: list[float], cm: CostModel, args) -> tuple[float, float]:
+    """(theta, speedup) of the ThresholdStop in THETAS that does best on the trace set (the first, on a tie)."""
+    def speedup(theta: float) -> float:
+        stop = ThresholdStop(accept, theta, args.k_max)  # its state resets at each step
+        return policy_speedup([st for r in trace["rows"] for st in run_row(r, stop, cm, args.max_new_tokens)], cm)
+
+    return max(((t, speedup(t)) for t in THETAS), key=lambda x: x[1])
 
 
-def _theta_speedup(trace: dict, accept: list[float], theta: float, cm: CostModel, args) -> float:
-    """Tokens per cost of drafting each step while the product of `accept` (per confidence bin) is >= theta."""
-    tokens = cost = 0.0
-    for r in trace["rows"]:
-        match, top, n, t = r["match"], r["top"], len(r["target"]), 0
-        while t < n:
-            room = min(max(0, min(args.max_new_tokens, n) - t - 1), args.k_max)
-            drafted, p_all = 0, 1.0
-            while drafted < room:
-                p_all *= accept[_bin(top[t + drafted])]
-                drafted += 1
-                if p_all < theta:
-                    break
-            accepted = 0
-            while accepted < drafted and match[t + accepted]:
-                accepted += 1
-            tokens += accepted + 1
-            cost += cm.step_cost(drafted)
-            t += accepted + 1
-    return tokens / cost
+class ThresholdStop:
+    """Draft while the product of `accept` (per confidence bin) over the step's tokens is >= theta."""
+
+    def __init__(self, accept: list[float], theta: float, k_max: int):
+        self.accept, self.theta, self.k_max = accept, theta, k_max
+        self._p_all = 1.0
+
+    def propose_k(self) -> int:
+        self._p_all = 1.0
+        return self.k_max
+
+    def should_continue(self, i: int, top: float) -> bool:
+        self._p_all *= self.accept[confidence_bin(top)]
+        return self._p_all >= self.theta
+
+    def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        pass
 
 
 SIGNAL_EDGES = (0.5, 0.8, 0.95, 0.99)

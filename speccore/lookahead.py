@@ -154,6 +154,12 @@ PAIR_PRIOR_TRIALS = 8.0
 # pseudo-trials each bin starts with at its own midpoint (a drafter's confidence, taken at its word).
 CONFIDENCE_EDGES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0)
 CALIBRATION_PRIOR = 4.0
+
+
+def confidence_bin(top: float) -> int:
+    """The CONFIDENCE_EDGES bin of a drafter top probability."""
+    return min(bisect.bisect_left(CONFIDENCE_EDGES, top), len(CONFIDENCE_EDGES) - 1)
+
 # A row's tokens per cost (CostAware.rate) starts as this many plain steps: the cost stop then prices a fresh
 # row's tokens at their cost alone, and more dearly as the row's drafts pay.
 RATE_PRIOR_STEPS = 2.0
@@ -362,7 +368,7 @@ class CostModel:
         self._cal_s = [[decay * x for x in row] for row in self._cal_s]
         self._cal_n = [[decay * x for x in row] for row in self._cal_n]
         for j, p in enumerate(tops[: accepted + 1]):
-            b = min(bisect.bisect_left(CONFIDENCE_EDGES, p), len(CONFIDENCE_EDGES) - 1)
+            b = confidence_bin(p)
             self._cal_n[j > 0][b] += 1
             self._cal_s[j > 0][b] += j < accepted
 
@@ -370,7 +376,7 @@ class CostModel:
         """P(a drafted token is accepted | its drafter top probability, the tokens before it accepted): the
         pair's calibration for a draft's first token or for a later one, starting at the drafter's own word
         (the bin's midpoint)."""
-        b = min(bisect.bisect_left(CONFIDENCE_EDGES, top), len(CONFIDENCE_EDGES) - 1)
+        b = confidence_bin(top)
         mid = (CONFIDENCE_EDGES[b] + (CONFIDENCE_EDGES[b - 1] if b else 0.0)) / 2
         return (self._cal_s[not first][b] + CALIBRATION_PRIOR * mid) / (self._cal_n[not first][b] + CALIBRATION_PRIOR)
 
@@ -379,18 +385,14 @@ class CostModel:
         """The pair's per-token acceptance over the steps observed so far (None before any), smoothed by
         PAIR_PRIOR_TRIALS at 0.5: one rejected warm-up draft read as alpha = 0 (or 0.25 with 2 trials) started
         every later row plain, and their probes waited longer than the rows lasted."""
-        if self._acc_n <= 0:
-            return None
-        return (self._acc_s + 0.5 * PAIR_PRIOR_TRIALS) / (self._acc_n + PAIR_PRIOR_TRIALS)
+        return _pair_rate(self._acc_s, self._acc_n)
 
     @property
     def pair_first_accept(self) -> float | None:
         """The pair's rate of drafts whose first token was accepted (None before any), smoothed as pair_alpha.
         Not alpha, which pools a draft's tokens: with SLEM pairs a draft's first token is kept far less often
         than the ones after it (about half, against 76-88% for the second)."""
-        if self._first_n <= 0:
-            return None
-        return (self._first_s + 0.5 * PAIR_PRIOR_TRIALS) / (self._first_n + PAIR_PRIOR_TRIALS)
+        return _pair_rate(self._first_s, self._first_n)
 
     def _anchor(self) -> float | None:
         """Seconds of one plain target step before any was timed, as the prior v curve implies them."""
@@ -460,6 +462,11 @@ class CostModel:
                 "pair_alpha": self.pair_alpha, "pair_first_accept": self.pair_first_accept,
                 "batch_size": self.batch_size, "batch_sizes_measured": sorted(self._at),
                 "prefill_cell_s": self._prefill_cell_s, "catch_up_cell_s": self._catch_up_cell_s}
+
+
+def _pair_rate(successes: float, trials: float) -> float | None:
+    """A pair-level rate smoothed by PAIR_PRIOR_TRIALS at 0.5; None before any trial."""
+    return None if trials <= 0 else (successes + 0.5 * PAIR_PRIOR_TRIALS) / (trials + PAIR_PRIOR_TRIALS)
 
 
 EXPECTED_CURVE_LEN = 16  # E(0..16) of one alpha at once: a row's propose_k and the batch's batch_k read them all
@@ -586,8 +593,7 @@ class CostAware(_Policy):
 
     def propose_k(self) -> int:
         alpha, cm = self.alpha, self.cost_model
-        scores = [e / cost for e, cost in zip(_expected_curve(alpha, max(self.k_max, EXPECTED_CURVE_LEN)),
-                                              cm.step_costs(self.k_max))]
+        scores = [e / cost for e, cost in zip(_curves([alpha], self.k_max)[0], cm.step_costs(self.k_max))]
         best = k = max(range(len(scores)), key=lambda j: (scores[j], -j))  # ties -> smaller k
         reason = "argmax" if k > 0 else "plain"
         # Under the cost stop, a drafting step runs until the next token no longer pays, which is worth more
@@ -733,15 +739,16 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
     # use the rows' room: 16 rows' first draft over their prompts costs 3-10 plain steps on the CPU.
     catch_up = cost_model.catch_up_steps(B * max(behind)) if behind else 0.0
 
-    def tokens_per_cost(k: int, alphas: Sequence[float], amortise: bool = True) -> float:
-        tokens = sum(e[min(k, r)] for e, r in zip(_curves(alphas, kmax), rooms))
+    def tokens_per_cost(k: int, curves: Sequence[Sequence[float]], amortise: bool = True) -> float:
+        tokens = sum(e[min(k, r)] for e, r in zip(curves, rooms))
         cost = cost_model.step_cost(k)
         if k and amortise and catch_up:
             cost += catch_up * tokens / B / max(horizon, 1.0)
         return tokens / cost
 
     alphas = [p.alpha for p in policies]
-    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k, alphas) / (margin if k else 1.0), -k))
+    curves = _curves(alphas, kmax)
+    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k, curves) / (margin if k else 1.0), -k))
     if best == 0:
         # a probe's own width, not the k_max a lone row would draft it to while its drafter is confident
         probing = [bool(k) and p.decision().get("reason") == "probe" for p, k in zip(policies, proposed)]
@@ -783,7 +790,8 @@ def _probe_pays(width: int, alphas: Sequence[float], rooms: Sequence[int], horiz
         return True
     pair = cm.pair_alpha
     hope = [1.0] * B if pair is None else [max(a, pair) for a in alphas]
-    s_max = max(tokens_per_cost(k, hope, amortise=False) for k in range(1, kmax + 1)) / B
+    hope_curves = _curves(hope, kmax)
+    s_max = max(tokens_per_cost(k, hope_curves, amortise=False) for k in range(1, kmax + 1)) / B
     return s_max > 1 and horizon * (1 - 1 / s_max) > loss
 
 
