@@ -457,6 +457,14 @@ class CostModel:
         """step_cost(k) for k = 0..k_max, computed once per measurement."""
         return self._memoised(("steps", k_max), lambda: tuple(self.step_cost(k) for k in range(k_max + 1)))
 
+    def can_pay(self, k_max: int, margin: float = 1.0) -> bool:
+        """Whether some k in 1..k_max could beat plain decoding by `margin` even at alpha = 1 (E(k) <= k + 1),
+        computed once per measurement. Where none can, every row's and every batch's best k is 0 without
+        pricing it: at 64 rows on a GPU, whose 135M drafter costs a target step, pricing k = 0..16 for each
+        row every step was host work the AR engine beside it does not do."""
+        return self._memoised(("pays", k_max, margin),
+                              lambda: any(k + 1 > margin * c for k, c in enumerate(self.step_costs(k_max)) if k))
+
     def snapshot(self) -> dict:
         return {"c": self.c, "t1_s": self._m.t1, "v_measured": sorted(self._m.v),
                 "pair_alpha": self.pair_alpha, "pair_first_accept": self.pair_first_accept,
@@ -593,8 +601,10 @@ class CostAware(_Policy):
 
     def propose_k(self) -> int:
         alpha, cm = self.alpha, self.cost_model
-        scores = [e / cost for e, cost in zip(_curves([alpha], self.k_max)[0], cm.step_costs(self.k_max))]
-        best = k = max(range(len(scores)), key=lambda j: (scores[j], -j))  # ties -> smaller k
+        best = k = 0
+        if cm.can_pay(self.k_max):  # else no k beats E(0) / 1 = 1: plain, unpriced
+            scores = [e / cost for e, cost in zip(_curves([alpha], self.k_max)[0], cm.step_costs(self.k_max))]
+            best = k = max(range(len(scores)), key=lambda j: (scores[j], -j))  # ties -> smaller k
         reason = "argmax" if k > 0 else "plain"
         # Under the cost stop, a drafting step runs until the next token no longer pays, which is worth more
         # than the fixed k that alpha prices: with smollm2 (SLEM), two rejected first tokens put a row's alpha
@@ -625,7 +635,8 @@ class CostAware(_Policy):
         self._tops, self._p_all = [], 1.0
         self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
                           "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
-                          "tokens_per_cost": scores[k], "argmax_k": best, "probe_wait": wait}
+                          "tokens_per_cost": expected_tokens(alpha, k) / cm.step_cost(k), "argmax_k": best,
+                          "probe_wait": wait}
         if first is not None:
             self._decision["first_accept"] = first
         # A probe too: it is how a plain row finds a burst, and the drafter's confidence finds its end.
@@ -673,8 +684,7 @@ class CostAware(_Policy):
 
     def can_pay(self) -> bool:
         """Whether some k would beat plain decoding at alpha = 1, at the current costs."""
-        cm = self.cost_model
-        return any(k + 1 > cm.step_cost(k) for k in range(1, self.k_max + 1))
+        return self.cost_model.can_pay(self.k_max)
 
     def join_probe(self, k: int) -> None:
         """The batch verifies a probe of width k anyway: this row drafts it too and counts it as its
@@ -747,8 +757,10 @@ def batch_k(policies: Sequence["CostAware"], proposed: Sequence[int], rooms: Seq
         return tokens / cost
 
     alphas = [p.alpha for p in policies]
-    curves = _curves(alphas, kmax)
-    best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k, curves) / (margin if k else 1.0), -k))
+    best = 0  # where no K beats plain by the margin even at alpha = 1, unpriced
+    if cost_model.can_pay(kmax, margin):
+        curves = _curves(alphas, kmax)
+        best = max(range(kmax + 1), key=lambda k: (tokens_per_cost(k, curves) / (margin if k else 1.0), -k))
     if best == 0:
         # a probe's own width, not the k_max a lone row would draft it to while its drafter is confident
         probing = [bool(k) and p.decision().get("reason") == "probe" for p, k in zip(policies, proposed)]
