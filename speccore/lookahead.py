@@ -633,9 +633,9 @@ class CostAware(_Policy):
             self._plain_run, self._gap = 0, self.probe_every
         self._stop_on_confidence = False
         self._tops, self._p_all = [], 1.0
-        self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha,
-                          "c": cm.c, "v_k": cm.v(k), "expected_tokens": expected_tokens(alpha, k),
-                          "tokens_per_cost": expected_tokens(alpha, k) / cm.step_cost(k), "argmax_k": best,
+        e_k = expected_tokens(alpha, k)
+        self._decision = {"policy": self.name, "k": k, "reason": reason, "alpha": alpha, "c": cm.c, "v_k": cm.v(k),
+                          "expected_tokens": e_k, "tokens_per_cost": e_k / cm.step_cost(k), "argmax_k": best,
                           "probe_wait": wait}
         if first is not None:
             self._decision["first_accept"] = first

@@ -633,14 +633,14 @@ def test_cost_aware_backs_off_probing_where_no_alpha_can_pay():
     assert cheap.can_pay() and drive(cheap, [2, 2, 0]) == [2, 2, 2]  # payable: a full accept probes again
 
 
-
 def test_where_no_k_can_pay_rows_and_batches_go_plain_without_pricing_and_decide_as_if_priced(monkeypatch):
     # The shortcut (CostModel.can_pay) must give the very decisions that pricing k = 0..k_max gives, on both
     # sides of the line: costs where some k pays at alpha = 1 and costs where none does, at any alpha.
     rng = random.Random(7)
     cases = [(c, slope, alphas, rooms) for c in (0.05, 0.3, 0.5, 0.7, 0.9, 1.0, 1.6) for slope in (0.0, 0.05, 0.3, 1.0)
              for alphas, rooms in [([1.0] * 4, [64] * 4), ([0.99, 0.9, rng.random(), rng.random()], [64, 64, 3, 0])]]
-    assert {CostModel(c=c, v=lambda k, s=s: 1 + s * k).can_pay(8, BATCH_MARGIN) for c, s, _, _ in cases} == {True, False}
+    pays = {CostModel(c=c, v=lambda k, s=s: 1 + s * k).can_pay(8, BATCH_MARGIN) for c, s, _, _ in cases}
+    assert pays == {True, False}
 
     def decide(c, slope, alphas, rooms, priced):
         if priced:  # what the policy did before the shortcut: price every k
@@ -654,6 +654,7 @@ def test_where_no_k_can_pay_rows_and_batches_go_plain_without_pricing_and_decide
 
     for case in cases:
         assert decide(*case, priced=False) == decide(*case, priced=True), case
+
 
 def test_cost_aware_decides_whether_to_draft_and_the_drafters_confidence_how_far():
     cm = CostModel(c=0.2, v=lambda k: 1 + 0.1 * k)
