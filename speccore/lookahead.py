@@ -160,6 +160,7 @@ def confidence_bin(top: float) -> int:
     """The CONFIDENCE_EDGES bin of a drafter top probability."""
     return min(bisect.bisect_left(CONFIDENCE_EDGES, top), len(CONFIDENCE_EDGES) - 1)
 
+
 # A row's tokens per cost (CostAware.rate) starts as this many plain steps: the cost stop then prices a fresh
 # row's tokens at their cost alone, and more dearly as the row's drafts pay.
 RATE_PRIOR_STEPS = 2.0
