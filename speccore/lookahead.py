@@ -567,6 +567,11 @@ class CostAware(_Policy):
         # the row probes at once, as the prior alone is no evidence that the drafter is useless.
         self._gap = 0
         self._plain_run = 0
+        # The last probe drafted nothing (prompt lookup found no match) on a row decoding alone: it was a plain
+        # step that taught nothing, so the next step probes again instead of waiting out another gap. Prompt
+        # lookup on HumanEval found no match in 3 of one row's 4 probes, which then came 8, 16 and 32 steps apart
+        # (BENCHMARKS.md). In a batch, a probe is verified at its width whoever drafts it (batch_k), so it was paid.
+        self._probe_again = False
         self._decision: dict[str, Any] = {"policy": self.name, "reason": "initial"}
 
     def _prior(self, pair: float | None) -> float:
@@ -626,7 +631,7 @@ class CostAware(_Policy):
         # its text turns predictable (code, copies from the prompt).
         wait = max(self._gap, self._budget_gap(alpha)) if k == 0 else 0
         if k == 0 and self.k_max > 0:
-            if self._plain_run >= wait:
+            if self._plain_run >= wait or self._probe_again:
                 k, reason, self._plain_run = self.probe_k, "probe", 0
             else:
                 self._plain_run += 1
@@ -696,6 +701,8 @@ class CostAware(_Policy):
         self._decision = {**self._decision, "k": k, "reason": "probe", "joined": True}
 
     def observe(self, k: int, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        self._probe_again = (k > 0 and drafted == 0 and self._decision.get("reason") == "probe"
+                             and self.cost_model.batch_size == 1)
         if drafted > 0:
             rejected = accepted < drafted
             if self._decision.get("reason") == "probe":

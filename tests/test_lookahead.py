@@ -300,6 +300,27 @@ def test_cost_aware_fully_accepted_probe_probes_again():
     assert p.decision()["reason"] == "probe"
 
 
+def test_a_lone_probe_that_drafts_nothing_probes_again_at_the_next_step():
+    """Prompt lookup without a match drafts nothing: at one row that step was a plain one and taught nothing,
+    so the probe comes again at once; one that drafted and was rejected backs off, and in a batch (whose
+    probe is verified at its width anyway) a probe without a draft counts as made."""
+    def run(outcomes, batch_size=1):
+        p = CostAware(cost_model=CostModel(), probe_every=4, probe_k=2, **strong(0.01))
+        p.cost_model.batch_size = batch_size
+        ks = []
+        for drafted in outcomes:
+            k = p.propose_k()
+            ks.append(k)
+            p.observe(k, min(drafted, k), 0, 0.0, 0.0)
+        return ks
+
+    # a rejected probe (2 drafted, 0 kept) backs off 4 plain steps; the next probe finds no match (0) twice,
+    # and probes again each time until it drafts; that one's rejection backs off 8
+    assert run([2, 0, 0, 0, 0, 0, 0, 2, 0]) == [2, 0, 0, 0, 0, 2, 2, 2, 0]
+    assert run([2, 0, 0, 0, 0, 2, 0]) == [2, 0, 0, 0, 0, 2, 0]
+    assert run([2, 0, 0, 0, 0, 0, 0], batch_size=4) == [2, 0, 0, 0, 0, 2, 0]
+
+
 def test_cost_aware_notices_when_text_turns_predictable():
     # alpha = 0 for 300 tokens, then 1: the probes must switch speculation on within about
     # probe_max plain steps (+ a few probes), and off again is immediate when alpha falls.
