@@ -512,13 +512,20 @@ class CostAware(_Policy):
                  alpha_prior: float | None = None, prior_strength: float = 2.0, decay: float = 0.95,
                  probe_every: int = 8, probe_max: int = 64, probe_k: int = 3,
                  learn_costs: bool = True, confidence_threshold: float | None = 0.4,
-                 probe_budget: float | None = 0.03, stop: str = "cost"):
+                 probe_budget: float | None = 0.03, stop: str = "cost", first_prior_strength: float = 8.0):
         if (alpha_prior is not None and not 0.0 <= alpha_prior <= 1.0) or prior_strength <= 0 \
-                or not 0.0 < decay <= 1.0:
-            raise ValueError("need alpha_prior in [0, 1], prior_strength > 0, decay in (0, 1]")
+                or first_prior_strength <= 0 or not 0.0 < decay <= 1.0:
+            raise ValueError("need alpha_prior in [0, 1], prior_strength > 0, first_prior_strength > 0, "
+                             "decay in (0, 1]")
         self.k_max = int(k_max)
         self.cost_model = cost_model if cost_model is not None else CostModel()
         self.alpha_prior, self.prior_strength, self.decay = alpha_prior, prior_strength, decay
+        # first_accept's prior weighs more than alpha's: whether a step drafts at all turns on it, and with SLEM
+        # pairs a draft's first token is kept about half the time, row after row, with little to tell the rows
+        # apart. At alpha's strength of 2, two rejected first tokens put a row under the break-even (0.21 with
+        # smollm2) and it went plain for 8-11 steps: replayed on 8 HumanEval rows, 67% of the oracle against 76%
+        # at a strength of 4 to 32 (BENCHMARKS.md). Same-vocab replays do not move.
+        self.first_prior_strength = float(first_prior_strength)
         self.probe_every, self.probe_max = int(probe_every), max(int(probe_max), int(probe_every))
         self.probe_k = max(1, min(int(probe_k), self.k_max))
         # Probes may cost at most this fraction of plain decoding, once the costs at this batch size are
@@ -601,9 +608,9 @@ class CostAware(_Policy):
     @property
     def first_accept(self) -> float:
         """P(a step's first drafted token is accepted): a Beta posterior over this row's drafting steps, from
-        the pair's first-token rate (or alpha_prior), with alpha's prior strength and decay."""
+        the pair's first-token rate (or alpha_prior), at first_prior_strength, with alpha's decay."""
         prior = self._prior(self.cost_model.pair_first_accept)
-        return (self.prior_strength * prior + self._fs) / (self.prior_strength + self._fn)
+        return (self.first_prior_strength * prior + self._fs) / (self.first_prior_strength + self._fn)
 
     def propose_k(self) -> int:
         alpha, cm = self.alpha, self.cost_model

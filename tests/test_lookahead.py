@@ -823,6 +823,31 @@ def test_under_the_cost_stop_a_row_drafts_while_its_first_token_pays():
     assert [cost.propose_k() for _ in range(3)] == [0, 0, 0] and cost.decision()["reason"] == "plain"
 
 
+def test_two_rejected_first_tokens_do_not_send_a_row_of_a_half_kept_pair_plain():
+    """smollm2's costs (c = 0.105, v(1) = 1.11: a first token pays from 0.215) and a pair whose first tokens
+    are kept about 4 times in 10 (0.385): a row whose first drafts are rejected drafts on for 7 steps, down to
+    (8 x 0.385) / (8 + 6) = 0.22; at alpha's prior strength of 2 it read (2 x 0.385) / 4 = 0.19 after two and
+    went plain."""
+    cm = CostModel(c=0.105, v={0: 1.0, 1: 1.11, 4: 1.26, 8: 1.6, 16: 1.92})
+    for first_kept in [1] * 3 + [0] * 7:
+        cm.observe_acceptance(3, first_kept)
+    assert cm.pair_first_accept == pytest.approx(0.385, abs=0.001)
+
+    def ks(**kw) -> list[int]:
+        row = CostAware(cost_model=cm, learn_costs=False, decay=1.0, **kw)
+        row.drafter_confidence = True
+        out = []
+        for _ in range(9):
+            out.append(row.propose_k())
+            row.observe(out[-1], min(out[-1], 2), 0, 0.0, 0.0)  # every draft's first token rejected
+        return out
+
+    assert ks() == [16] * 7 + [0, 0]
+    assert ks(first_prior_strength=2.0) == [16, 16] + [0] * 7
+    with pytest.raises(ValueError, match="first_prior_strength"):
+        CostAware(first_prior_strength=0)
+
+
 def test_a_new_rows_first_accept_starts_from_the_pairs_first_token_rate_not_its_alpha():
     """Drafts of 4 whose first token is kept and the second rejected: alpha is 1/2 per token, but first tokens
     are always kept, and a new row of the pair starts its first-token estimate there."""
