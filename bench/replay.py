@@ -8,16 +8,25 @@ fixed costs c and v(k), and prints each policy's modelled speedup over plain dec
 the oracle (a constant k_max run priced by lookahead.oracle_speedup, as bench.py does). `bounds` prints what
 stops could reach on the same traces, for scale (see its docstring).
 
+With `--cross-vocab` (a drafter with another tokenizer, and `--targets-from` for the target's outputs),
+`trace` instead drafts as the engine's SLEM proposer does, from every output position: 16 drafter tokens
+and their top probabilities, and for each prefix of j drafter tokens, how many target tokens its text
+re-encodes to and how many of those the target keeps. `replay` then stops such a draft after any drafter
+token as the engine's draft loop would.
+
 What it leaves out, so take its figures as the model's, not the clock's:
-- same vocabulary only (a drafter token is a target token);
-- after a draft's first wrong token, the probabilities of the tokens drafted after it are read from the
-  target's prefix, not the drafter's own (they only decide how many wasted tokens a stop rule drafts);
+- same vocabulary: after a draft's first wrong token, the probabilities of the tokens drafted after it are
+  read from the target's prefix, not the drafter's own (they only decide how many wasted tokens a stop
+  rule drafts); cross vocabulary: the drafter's view of the output is synced at every position, where the
+  engine syncs it at each drafting step (its encoding of the output can split differently);
 - costs are fixed at a bench run's measured c and v(k) (`--costs`): no catch-up, no per-step Python.
 
     python -m bench.replay trace --target qwen2.5-coder-1.5b --drafter qwen2.5-coder-0.5b --int8 \
         --dataset humaneval --n 10 --out /tmp/traces-humaneval.json
     python -m bench.replay trace --drafter qwen2.5-coder-0.5b --int8 --dataset humaneval --n 10 \
         --targets-from /tmp/traces-humaneval.json --out /tmp/traces-humaneval-b.json   # another drafter, same outputs
+    python -m bench.replay trace --drafter smollm2-135m --int8 --cross-vocab --dataset humaneval --n 10 \
+        --targets-from /tmp/traces-humaneval.json --out /tmp/traces-humaneval-smollm2.json
     python -m bench.replay replay /tmp/traces-*.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json \
         --drafter-cost 'qwen2.5-coder-0.5b@int8'
     python -m bench.replay bounds /tmp/traces-humaneval.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json
@@ -46,7 +55,9 @@ def trace(args) -> None:
         if (old["target"], old["dataset"]) != (args.target, args.dataset):
             raise SystemExit(f"{args.targets_from} traced {old['target']} on {old['dataset']}")
         known = {r["row_id"]: r for r in old["rows"]}
-    target = load_model(args.target, prepack=True)
+    if args.cross_vocab and not known:
+        raise SystemExit("--cross-vocab replays the target's outputs: give --targets-from")
+    target = load_model(args.target, prepack=not args.cross_vocab)  # cross vocab: its tokenizer only
     drafter = load_model(args.drafter, prepack=True, int8=args.int8)
     ns = argparse.Namespace(dataset=args.dataset, n=args.n, max_prompt_tokens=args.max_prompt_tokens,
                             max_new_tokens=args.max_new_tokens, warmup_tokens=0)
@@ -60,6 +71,11 @@ def trace(args) -> None:
                     raise SystemExit(f"{row.row_id}: not in {args.targets_from} with these {len(ids)} prompt tokens")
                 y = was["target"]
                 gen = torch.tensor([ids + y])
+                if args.cross_vocab:
+                    out.append({"row_id": row.row_id, "prompt_tokens": len(ids), "target": y,
+                                "slem": slem_drafts(drafter, target.tokenizer, row, ids, y, args.k_max)})
+                    print(f"{row.row_id}: {len(y)} positions drafted", file=sys.stderr)
+                    continue
             else:
                 x = torch.tensor([ids])
                 gen = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
@@ -73,7 +89,54 @@ def trace(args) -> None:
                         "target_top": [round(p, 5) for p in target_top.tolist()]})
             print(f"{row.row_id}: {len(y)} tokens, {sum(out[-1]['match'])} drafter matches", file=sys.stderr)
     Path(args.out).write_text(json.dumps({"target": args.target, "drafter": args.drafter, "int8": args.int8,
-                                          "dataset": args.dataset, "rows": out}))
+                                          "dataset": args.dataset, "cross_vocab": args.cross_vocab, "rows": out}))
+
+
+class _DraftAll:
+    """A row's policy while tracing: every draft runs to its k."""
+
+    def should_continue(self, i: int, drafter_top_prob: float) -> bool:
+        return True
+
+
+def slem_drafts(drafter, target_tokenizer, row, ids: list[int], y: list[int], k: int) -> list[dict]:
+    """The engine's SLEM draft of k drafter tokens from each output position t of y: the drafter's top
+    probability of each token (`top`), and for the draft cut after its j-th token, the target tokens its text
+    re-encodes to (`n`, at most k) and how many of them the target keeps (`acc`, the leading ones equal to y's)."""
+    from speccore.crossvocab import SlemProposer
+    from speccore.engine import RowState
+
+    proposer = SlemProposer(drafter, target_tokenizer)
+    st = RowState(row=row, prompt_ids=ids, params=None, gen=None, seed=0, max_new=len(y), stop=(), policy=_DraftAll())
+    proposer.start([st])
+    picked: list[tuple[int, float]] = []
+    pick = proposer.pick
+
+    def recording(state, logits):
+        tok, q, top = pick(state, logits)
+        if tok is not None:
+            picked.append((tok, top))
+        return tok, q, top
+
+    proposer.pick = recording
+    positions = []
+    for t in range(len(y)):
+        picked.clear()
+        st.out_ids = y[:t]
+        proposer.propose([st], [k])
+        toks = [tok for tok, _ in picked]
+        drafts = [proposer.to_draft(st, proposer.views[0], toks[:j], None, "k", k).ids for j in range(1, len(toks) + 1)]
+        positions.append({"top": [round(p, 5) for _, p in picked], "n": [len(d) for d in drafts],
+                          "acc": [_kept(d, y[t:]) for d in drafts]})
+    return positions
+
+
+def _kept(draft: list[int], truth: list[int]) -> int:
+    """How many leading draft tokens equal the target's own."""
+    n = 0
+    while n < len(draft) and n < len(truth) and draft[n] == truth[n]:
+        n += 1
+    return n
 
 
 class FixedCosts(CostModel):
@@ -91,24 +154,47 @@ class FixedCosts(CostModel):
 
 def run_row(row: dict, policy, cm: CostModel, max_new: int) -> list[dict]:
     """One row decoded under `policy`, as the engine steps it; returns its steps (k, drafted, accepted)."""
-    match, top, n = row["match"], row["top"], len(row["target"])
-    t, steps = 0, []
+    n = len(row["target"])
+    draft = _slem_draft if "slem" in row else _draft
+    t, steps = 1, []  # the prompt's forward emits the first token; the steps start after it
     while t < n:
         room = max(0, min(max_new, n) - t - 1)
         k = min(policy.propose_k(), room)
-        drafted = 0
-        while drafted < k:
-            drafted += 1
-            if not policy.should_continue(drafted, top[t + drafted - 1]):
-                break
-        accepted = 0
-        while accepted < drafted and match[t + accepted]:
-            accepted += 1
+        drafted, accepted = draft(row, t, k, policy)
         policy.observe(k, drafted, accepted, 0.0, 0.0)
         cm.observe_acceptance(drafted, accepted)
         steps.append({"k": k, "drafted": drafted, "accepted": accepted})
         t += accepted + 1
     return steps
+
+
+def _draft(row: dict, t: int, k: int, policy) -> tuple[int, int]:
+    """(drafted, accepted) of a same-vocab draft of up to k tokens from position t, stopped by the policy."""
+    match, top = row["match"], row["top"]
+    drafted = 0
+    while drafted < k:
+        drafted += 1
+        if not policy.should_continue(drafted, top[t + drafted - 1]):
+            break
+    accepted = 0
+    while accepted < drafted and match[t + accepted]:
+        accepted += 1
+    return drafted, accepted
+
+
+def _slem_draft(row: dict, t: int, k: int, policy) -> tuple[int, int]:
+    """(drafted, accepted) in target tokens of a SLEM draft of up to k drafter tokens from position t, stopped
+    by the policy after any drafter token (or where the traced draft ended: an EOS or a control token)."""
+    at = row["slem"][t]
+    j = 0
+    while j < min(k, len(at["top"])):
+        j += 1
+        if not policy.should_continue(j, at["top"][j - 1]):
+            break
+    if not j:
+        return 0, 0
+    drafted = min(at["n"][j - 1], k)
+    return drafted, min(at["acc"][j - 1], drafted)
 
 
 def _value(text: str):
@@ -182,6 +268,14 @@ def replay(args) -> None:
         print(f"| {spec} | " + " | ".join(cells) + " |")
 
 
+def _same_vocab(path: str) -> dict:
+    """A same-vocab trace set (per-token matches and confidences), or exit saying why not."""
+    s = json.loads(Path(path).read_text())
+    if s.get("cross_vocab"):
+        raise SystemExit(f"{path} is a cross-vocab trace: only `replay` reads those")
+    return s
+
+
 THETAS = tuple(x / 100 for x in range(2, 100, 2))
 
 
@@ -196,7 +290,7 @@ def bounds(args) -> None:
     print("| bound | dataset | speedup | fraction of the oracle |")
     print("|---|---|---|---|")
     for path in args.traces:
-        s = json.loads(Path(path).read_text())
+        s = _same_vocab(path)
         cm = FixedCosts(c, v)
         log = constant_log(s, cm, args)
         oracle = oracle_speedup(log, cm)
@@ -259,7 +353,7 @@ def signals(args) -> None:
     print("| trace | signal | " + " | ".join(labels) + " |")
     print("|---|---|" + "---|" * len(labels))
     for path in args.traces:
-        s = json.loads(Path(path).read_text())
+        s = _same_vocab(path)
         for name, (field, offset) in signal_at.items():
             n, hit = [0] * len(labels), [0] * len(labels)
             for r in s["rows"]:
@@ -283,6 +377,9 @@ def main(argv=None) -> None:
     t.add_argument("--max-prompt-tokens", type=int, default=256)
     t.add_argument("--max-new-tokens", type=int, default=64)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--cross-vocab", action="store_true",
+                   help="the drafter has another tokenizer: trace SLEM drafts from each position (needs --targets-from)")
+    t.add_argument("--k-max", type=int, default=16, help="drafter tokens per traced SLEM draft")
     t.add_argument("--targets-from", default=None,
                    help="an earlier trace of the same target and prompts: reuse its outputs (the drafter alone runs)")
     t.add_argument("--out", required=True)

@@ -523,8 +523,9 @@ class CostAware(_Policy):
         # first_accept's prior weighs more than alpha's: whether a step drafts at all turns on it, and with SLEM
         # pairs a draft's first token is kept about half the time, row after row, with little to tell the rows
         # apart. At alpha's strength of 2, two rejected first tokens put a row under the break-even (0.21 with
-        # smollm2) and it went plain for 8-11 steps: replayed on 8 HumanEval rows, 67% of the oracle against 76%
-        # at a strength of 4 to 32 (BENCHMARKS.md). Same-vocab replays do not move.
+        # smollm2) and it went plain for 8-11 steps. Replayed on 8 HumanEval rows: 76% of the oracle at 2, 77% at 8
+        # (67% and 76% in a replay that also drafted from the prompt's own token, which the engine never does);
+        # in the bench it did not beat the confidence stop (BENCHMARKS.md). Same-vocab replays do not move.
         self.first_prior_strength = float(first_prior_strength)
         self.probe_every, self.probe_max = int(probe_every), max(int(probe_max), int(probe_every))
         self.probe_k = max(1, min(int(probe_k), self.k_max))

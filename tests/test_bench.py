@@ -114,11 +114,12 @@ def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
 
     cm = FixedCosts(0.2, {0: 1.0, 1: 1.1, 4: 1.4, 8: 1.7, 16: 2.4})
     assert cm.v(2) == pytest.approx(1.2) and cm.v(20) == pytest.approx(2.75) and cm.c == 0.2
-    row = {"target": [7] * 6, "match": [1, 0, 1, 1, 1, 1], "top": [0.9] * 6}
-    # k=2: tokens 0-1 drafted, 1 kept (+1 bonus); from 2: 2 kept (+1); at 5 no room is left: a plain step
+    # token 0 comes from the prompt's forward; from 1, k=2: tokens 1-2 drafted, 1 kept (+1 bonus); from 3: 2 kept
+    # (+1); at 6 no room is left: a plain step
+    row = {"target": [7] * 7, "match": [1, 1, 0, 1, 1, 1, 1], "top": [0.9] * 7}
     got = run_row(row, Constant(2), cm, 64)
     assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(2, 2, 1), (2, 2, 2), (0, 0, 0)]
-    sure = {"target": [7] * 6, "match": [1] * 6, "top": [0.9, 0.3, 0.9, 0.9, 0.9, 0.9]}
+    sure = {"target": [7] * 7, "match": [1] * 7, "top": [0.9, 0.9, 0.3, 0.9, 0.9, 0.9, 0.9]}
     # stops after the unsure token 2 (kept); then k is capped by the room left (2)
     got = run_row(sure, ConfidenceStop(k_max=4, threshold=0.5), cm, 64)
     assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(4, 2, 2), (2, 2, 2)]
@@ -135,11 +136,46 @@ def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
     assert "(100%)" not in lines["constant:k=2"]  # a rejected token drafted: short of hindsight
 
 
+def test_a_cross_vocab_trace_replays_as_the_engine_steps_its_slem_rows(tiny_zoo):
+    """SLEM traces of the tiny cross-vocab pair, replayed at constant k = 4, step exactly as the engine's rows
+    (rows that run to the token budget: the replay caps a row's room at its output's length), and a stop
+    after the j-th drafter token takes the j-token draft's re-encoding, capped at k."""
+    from bench.replay import FixedCosts, run_row, slem_drafts
+    from speccore.lookahead import ConfidenceStop, Constant
+    from speccore.models import load_model
+    from speccore.prompts import encode_row
+    from tests.test_engine import NEW, engine_for, rows
+
+    target = load_model(str(tiny_zoo["target-llama-g"]), dtype="float64")
+    drafter = load_model(str(tiny_zoo["drafter-llama-m"]), dtype="float64")
+    eng, _ = engine_for(target, tiny_zoo, "drafter-llama-m", "constant", 1, ("speculation.k=4",))
+    picked = [r for r in rows() if r.row_id in ("r3", "r7")]
+    results, steps = eng.generate(picked)
+    cm = FixedCosts(0.2, {0: 1.0, 1: 1.1})
+    for r, row in zip(results, picked):
+        assert len(r.output_ids) == NEW
+        trace = {"target": r.output_ids, "slem": slem_drafts(drafter, target.tokenizer, row,
+                                                            encode_row(target.tokenizer, row), r.output_ids, 16)}
+        assert len(trace["slem"]) == NEW
+        assert all(len(at["top"]) == len(at["n"]) == len(at["acc"]) <= 16 for at in trace["slem"])
+        assert all(a <= n for at in trace["slem"] for a, n in zip(at["acc"], at["n"]))
+        got = [(s["k"], s["drafted"], s["accepted"]) for s in run_row(trace, Constant(4), cm, NEW)]
+        assert got == [(s.k, s.drafted, s.accepted) for s in steps if s.row_id == r.row_id]
+
+    at = {"top": [0.9, 0.2, 0.9], "n": [2, 2, 4], "acc": [1, 2, 3]}  # the second drafter token merges into one
+    row = {"target": [7] * 12, "slem": [at] * 12}
+    # from position 1: the stop ends the draft after token 2 (0.2 < 0.5): its 2 target tokens, both kept
+    assert run_row(row, ConfidenceStop(k_max=8, threshold=0.5), cm, 64)[0] == {"k": 8, "drafted": 2, "accepted": 2}
+    assert run_row(row, Constant(3), cm, 64)[0] == {"k": 3, "drafted": 3, "accepted": 3}  # 4 re-encoded, capped
+    assert run_row(row, Constant(1), cm, 64)[0] == {"k": 1, "drafted": 1, "accepted": 1}  # 1 drafter token, 2 cut
+
+
 def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_path, capsys):
     from bench.replay import main as replay_main
 
-    # constant k_max = 4 drafts tokens 0-2 (room 3) and keeps 1, then token 2 alone (room 1) and keeps it
-    row = {"target": [7] * 4, "match": [1, 0, 1, 1], "top": [0.99, 0.99, 0.6, 0.6]}
+    # after token 0 (the prompt's forward), constant k_max = 4 drafts tokens 1-3 (room 3) and keeps 1, then
+    # token 3 alone (room 1) and keeps it
+    row = {"target": [7] * 5, "match": [1, 1, 0, 1, 1], "top": [0.5, 0.99, 0.99, 0.6, 0.6]}
     trace = tmp_path / "t.json"
     trace.write_text(json.dumps({"dataset": "toy", "rows": [row]}))
     costs = tmp_path / "c.json"
