@@ -70,12 +70,12 @@ def trace(args) -> None:
                 if was is None or was["prompt_tokens"] != len(ids):
                     raise SystemExit(f"{row.row_id}: not in {args.targets_from} with these {len(ids)} prompt tokens")
                 y = was["target"]
-                gen = torch.tensor([ids + y])
                 if args.cross_vocab:
                     out.append({"row_id": row.row_id, "prompt_tokens": len(ids), "target": y,
                                 "slem": slem_drafts(drafter, target.tokenizer, row, ids, y, args.k_max)})
                     print(f"{row.row_id}: {len(y)} positions drafted", file=sys.stderr)
                     continue
+                gen = torch.tensor([ids + y])
             else:
                 x = torch.tensor([ids])
                 gen = target.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.max_new_tokens,
