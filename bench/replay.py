@@ -168,16 +168,20 @@ def run_row(row: dict, policy, cm: CostModel, max_new: int) -> list[dict]:
     return steps
 
 
+def _drafted(policy, tops: list[float]) -> int:
+    """How many of the tokens whose top probabilities are `tops` a draft loop drafts: it asks the policy after
+    each one, and the last one is drafted whatever the answer."""
+    for i, top in enumerate(tops, 1):
+        if not policy.should_continue(i, top):
+            return i
+    return len(tops)
+
+
 def _draft(row: dict, t: int, k: int, policy) -> tuple[int, int]:
     """(drafted, accepted) of a same-vocab draft of up to k tokens from position t, stopped by the policy."""
-    match, top = row["match"], row["top"]
-    drafted = 0
-    while drafted < k:
-        drafted += 1
-        if not policy.should_continue(drafted, top[t + drafted - 1]):
-            break
+    drafted = _drafted(policy, row["top"][t : t + k])
     accepted = 0
-    while accepted < drafted and match[t + accepted]:
+    while accepted < drafted and row["match"][t + accepted]:
         accepted += 1
     return drafted, accepted
 
@@ -186,11 +190,7 @@ def _slem_draft(row: dict, t: int, k: int, policy) -> tuple[int, int]:
     """(drafted, accepted) in target tokens of a SLEM draft of up to k drafter tokens from position t, stopped
     by the policy after any drafter token (or where the traced draft ended: an EOS or a control token)."""
     at = row["slem"][t]
-    j = 0
-    while j < min(k, len(at["top"])):
-        j += 1
-        if not policy.should_continue(j, at["top"][j - 1]):
-            break
+    j = _drafted(policy, at["top"][:k])
     if not j:
         return 0, 0
     drafted = min(at["n"][j - 1], k)
