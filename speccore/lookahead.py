@@ -166,6 +166,22 @@ def confidence_bin(top: float) -> int:
 RATE_PRIOR_STEPS = 2.0
 
 
+def non_decreasing(points: Mapping[int, float], weights: Mapping[int, float] | None = None) -> dict[int, float]:
+    """The points with every run that falls as k grows replaced by its weighted mean (pool adjacent violators;
+    a point weighs 1 unless `weights` says otherwise): a forward over more tokens never costs less, so a dip is
+    timing noise."""
+    blocks: list[list] = []  # [weighted sum, weight, ks] of pooled runs, their means non-decreasing
+    for k in sorted(points):
+        w = 1.0 if weights is None else float(weights.get(k, 1.0))
+        blocks.append([w * float(points[k]), w, [k]])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, n, ks = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += n
+            blocks[-1][2] += ks
+    return {k: total / n for total, n, ks in blocks for k in ks}
+
+
 def _curve(points: Mapping[int, float]) -> Callable[[int], float]:
     """Piecewise-linear through the points; beyond the last point, the last segment's slope."""
     ks = sorted(points)
@@ -189,6 +205,7 @@ class _Timings:
     t1: float | None = None  # seconds per plain step, now: the machine's current speed
     since_plain: int = 0  # target forwards since the last plain step
     v: dict[int, float] = field(default_factory=dict)  # drafted -> verify seconds / t1
+    n: dict[int, int] = field(default_factory=dict)  # drafted -> verifies folded into v or verify_s
     c: float | None = None  # draft seconds per drafted token / t1
     # Before the first plain step there is no t1 to divide by: seconds, turned into ratios at that step.
     verify_s: dict[int, float] = field(default_factory=dict)
@@ -236,9 +253,9 @@ class CostModel:
         if v is None:
             v = DEFAULT_V
         if isinstance(v, Mapping):
-            v = _curve(v)
+            v = _curve(non_decreasing(v))
         elif not callable(v):
-            v = _curve(dict(enumerate(v)))
+            v = _curve(non_decreasing(dict(enumerate(v))))
         self._c_prior = float(c)
         self._v_prior: Callable[[int], float] = v
         self.ewma = float(ewma)
@@ -307,11 +324,13 @@ class CostModel:
         m.since_plain += 1
         per_tok = draft_s / drafted if draft_s > 0 else None
         if m.t1 is None:
+            m.n[drafted] = m.n.get(drafted, 0) + 1
             m.verify_s[drafted] = self._avg(m.verify_s.get(drafted), float(verify_s))
             if per_tok is not None:
                 m.draft_tok_s = self._avg(m.draft_tok_s, per_tok)
             return
         if m.since_plain <= FRESH_FORWARDS:  # t1 is this minute's: the step's ratio to it is a cost
+            m.n[drafted] = m.n.get(drafted, 0) + 1
             m.v[drafted] = self._avg(m.v.get(drafted), verify_s / m.t1)
         else:  # t1 may be another minute's: the step says how fast the machine runs now
             m.t1 = self._avg(m.t1, verify_s / self.v(drafted))
@@ -428,12 +447,28 @@ class CostModel:
         m = self._m
         if m.t1 is None:  # timed before any plain step: the prior's shape through those points
             t1 = self._anchor()
-            return self._v_scaled({j: s / t1 for j, s in m.verify_s.items()}, k)
+            return self._v_scaled(non_decreasing({j: s / t1 for j, s in m.verify_s.items()}, self._weights()), k)
+        points = self._memoised("points", self._points)
         slope = self.batch_size * self._prefill_cell_s / m.t1 if self._prefill_cell_s else None
-        if slope is not None and not min(m.v, default=0) <= k <= max(m.v, default=-1):
-            near = min(m.v, key=lambda j: abs(j - k), default=0)
-            return max(1.0, m.v.get(near, 1.0) + slope * (k - near))
-        return self._v_scaled(m.v, k)
+        if slope is not None and not min(points, default=0) <= k <= max(points, default=-1):
+            near = min(points, key=lambda j: abs(j - k), default=0)
+            return max(1.0, points.get(near, 1.0) + slope * (k - near))
+        return self._v_scaled(points, k)
+
+    def _weights(self) -> dict[int, float]:
+        """Each measured width's weight in `_points`: the verifies folded into it, up to what an EWMA retains
+        ((2 - ewma) / ewma samples' worth: its variance is ewma / (2 - ewma) of one sample's)."""
+        cap = (2 - self.ewma) / self.ewma if self.ewma > 0 else float("inf")
+        return {k: min(n, cap) for k, n in self._m.n.items()}
+
+    def _points(self) -> dict[int, float]:
+        """The measured v ratios, pooled where they fall as k grows (`non_decreasing`), each weighing the
+        verifies behind it. Few verifies teach a ratio (those within FRESH_FORWARDS of a plain step), and a width
+        is re-timed only when a step drafts exactly that many tokens. In one smollm2 run (SLEM, 4 HumanEval
+        rows) v(2) read 1.39 beside v(1) 1.16 and v(3) 1.23: the cost stop priced every second drafted token at
+        c + 0.23, ended 51 of its 85 drafts after the first token, and so seldom timed v(2) again. Pooled, the
+        same run stopped drafts after 1, 2 and 3 tokens about equally often (BENCHMARKS.md)."""
+        return non_decreasing(self._m.v, self._weights())
 
     def _v_scaled(self, points: Mapping[int, float], k: int) -> float:
         """v(k) from measured ratios: k itself, else interpolated between two, else the prior's shape

@@ -9,7 +9,7 @@ import pytest
 
 from speccore.lookahead import (
     BATCH_MARGIN, FRESH_FORWARDS, ConfidenceStop, Constant, CostAware, CostModel, Heuristic, LookaheadPolicy, Oracle,
-    batch_k, expected_tokens, fraction_of_oracle, make_policy, oracle_k, oracle_speedup, policy_speedup,
+    batch_k, expected_tokens, fraction_of_oracle, make_policy, non_decreasing, oracle_k, oracle_speedup, policy_speedup,
 )
 
 
@@ -114,6 +114,37 @@ def test_cost_model_sequence_and_callable():
     assert CostModel(c=0.1, v=lambda k: 1 + k).v(4) == 5
 
 
+def test_a_verify_curve_that_dips_is_pooled_into_one_that_never_falls():
+    # one bench run's own steps: v(5) under v(4), and v(8)..v(11) under v(7)'s neighbours
+    got = non_decreasing({1: 1.05, 2: 1.09, 3: 1.18, 4: 1.26, 5: 1.20, 6: 1.27, 7: 1.31, 8: 1.44, 9: 1.45, 10: 1.50,
+                          11: 1.42})
+    assert got == pytest.approx({1: 1.05, 2: 1.09, 3: 1.18, 4: 1.23, 5: 1.23, 6: 1.27, 7: 1.31, 8: 1.44, 9: 1.45,
+                                 10: 1.46, 11: 1.46})
+    assert non_decreasing({3: 2.0, 1: 3.0, 2: 1.0}) == pytest.approx({1: 2.0, 2: 2.0, 3: 2.0})  # a run of three
+    assert non_decreasing({}) == {}
+    # a prior mapping and the measured ratios are both read through it: a cost stop sees no free token
+    assert CostModel(v={0: 1.0, 4: 1.26, 5: 1.20}).v(5) == pytest.approx(1.23)
+    cm = CostModel(ewma=1.0)
+    cm.set_step_time(1.0)
+    for k, seconds in ((4, 1.26), (5, 1.20), (6, 1.27)):
+        cm.update(k, 0.1 * k, seconds)
+    assert [cm.v(k) for k in (4, 5, 6)] == pytest.approx([1.23, 1.23, 1.27])
+    assert cm.step_cost(5) - cm.step_cost(4) == pytest.approx(cm.c)
+
+
+def test_a_width_timed_once_weighs_less_than_one_timed_often():
+    # one high reading of v(2) against v(3)'s many: pooled by the readings behind each, not one for one, and a
+    # width weighs at most what the EWMA retains ((2 - 0.2) / 0.2 = 9 readings)
+    cm = CostModel(ewma=0.2)
+    for _ in range(20):
+        cm.set_step_time(1.0)  # a plain step before each verify: its ratio is fresh
+        cm.update(3, 0.3, 1.20)
+    cm.set_step_time(1.0)
+    cm.update(2, 0.2, 1.40)
+    assert cm.v(2) == pytest.approx((1.40 + 9 * 1.20) / 10) and cm.v(3) == cm.v(2)
+    assert non_decreasing({2: 1.40, 3: 1.20}) == pytest.approx({2: 1.30, 3: 1.30})  # unweighted: halfway
+
+
 def test_cost_model_update_from_timings():
     cm = CostModel(ewma=0.5)
     # before any plain step, the prior curve anchors the step time: 1.048 s / 2.62 = 0.4 s
@@ -133,10 +164,10 @@ def test_cost_model_update_from_timings():
     assert cm.v(5) == pytest.approx(v3 * 2.82 / 2.62)
     assert cm.v(1) == pytest.approx(v3 * 2.11 / 2.62)
     # between two measured points: linear in the measured values
-    cm.update(7, draft_s=0.7, verify_s=1.5)
-    assert cm.v(7) == pytest.approx(1.5 / 0.5)
-    assert cm.v(5) == pytest.approx(v3 + (3.0 - v3) * 2 / 4)
-    assert cm.v(9) == pytest.approx(3.0 * (2.92 + 2 * 0.05) / 2.92)
+    cm.update(7, draft_s=0.7, verify_s=1.75)
+    assert cm.v(7) == pytest.approx(1.75 / 0.5)
+    assert cm.v(5) == pytest.approx(v3 + (3.5 - v3) * 2 / 4)
+    assert cm.v(9) == pytest.approx(3.5 * (2.92 + 2 * 0.05) / 2.92)
 
 
 @pytest.mark.parametrize("before, after", [(0.30, 0.45), (0.45, 0.30)])
