@@ -672,7 +672,7 @@ class CostAware(_Policy):
         # ~1 token at alpha ~ 0 (3 plain steps with the CPU costs): a fixed gap of 8 loses ~15%
         # there, the backoff ~3%; in exchange the row notices within probe_max plain steps when
         # its text turns predictable (code, copies from the prompt).
-        wait = max(self._gap, self._budget_gap(alpha)) if k == 0 else 0
+        wait = self._probe_wait(alpha, first) if k == 0 else 0
         if k == 0 and self.k_max > 0:
             if self._plain_run >= wait or self._probe_again:
                 k, reason, self._plain_run = self.probe_k, "probe", 0
@@ -704,13 +704,28 @@ class CostAware(_Policy):
         """Whether draft-or-not follows the first token's value (the cost stop ends each draft) instead of k*."""
         return self.stop == "cost" and self.k_max > 0 and self._stops_on_confidence()
 
-    def _budget_gap(self, alpha: float) -> int:
-        """Plain steps a probe must wait so that probing costs at most probe_budget of plain decoding (0 until
-        the costs at this batch size are measured: the priors alone are no evidence that probing is dear)."""
+    def _probe_wait(self, alpha: float, first: float | None) -> int:
+        """Plain steps before a plain row's next probe: the backoff and the probe budget, or, where the cost
+        stop ends the probe of a row decoding alone, the budget alone, priced at the probe's first token.
+
+        Under the cost stop a probe drafts on only while the next token pays for itself, so what a probe can
+        lose is its first token's: c + v(1) - v(0) - first_accept plain steps (0.26 at most with smollm2), not
+        probe_k tokens at alpha (0.5 with smollm2 at alpha 0.1, a wait of 17). The budget then bounds the probes'
+        cost by itself, and the backoff is not needed: with it, one ShareGPT row whose first 4 drafts were
+        rejected went plain for 60 of its 64 tokens (its 2 probes, 20 steps apart, were rejected too), while
+        its first tokens were then kept 24 times in 36 (BENCHMARKS.md). In a batch every row pays the probe's
+        full width (batch_k), so there the backoff and the budget at probe_k stay."""
         cm = self.cost_model
-        if self.probe_budget is None or not cm.measured:
+        if first is not None and cm.batch_size == 1 and self.probe_budget is not None and cm.measured:
+            return self._budget_gap(cm.c + cm.v(1) - 1.0 - first)
+        return max(self._gap, self._budget_gap(cm.step_cost(self.probe_k) - expected_tokens(alpha, self.probe_k)))
+
+    def _budget_gap(self, loss: float) -> int:
+        """Plain steps a probe that loses `loss` plain steps must wait so that probing costs at most
+        probe_budget of plain decoding (0 until the costs at this batch size are measured: the priors alone
+        are no evidence that probing is dear)."""
+        if self.probe_budget is None or not self.cost_model.measured:
             return 0
-        loss = cm.step_cost(self.probe_k) - expected_tokens(alpha, self.probe_k)  # in plain steps
         return math.ceil(loss / self.probe_budget) if loss > 0 else 0
 
     def should_continue(self, i: int, drafter_top_prob: float) -> bool:

@@ -320,7 +320,7 @@ def test_probes_cost_at_most_the_budget_once_costs_are_measured():
     assert gaps and set(gaps) == {math.ceil(loss / 0.05)}  # 33 plain steps per probe: ~5% spent on probes
     assert p.decision()["probe_wait"] == math.ceil(loss / 0.05)
     cm.batch_size = 8  # not measured at this batch size: the priors, and the backoff alone
-    assert not cm.measured and p._budget_gap(p.alpha) == 0
+    assert not cm.measured and p._probe_wait(p.alpha, None) == p._gap
     with pytest.raises(ValueError, match="probe_budget"):
         CostAware(probe_budget=0)
 
@@ -896,3 +896,38 @@ def test_a_new_rows_first_accept_starts_from_the_pairs_first_token_rate_not_its_
     cm.observe_acceptance(0, 0)  # a plain step is no draft
     assert cm.pair_first_accept == pytest.approx((n + 4) / (n + 8))
     assert cm.snapshot()["pair_first_accept"] == cm.pair_first_accept
+
+
+def test_under_the_cost_stop_a_lone_plain_row_probes_at_its_first_tokens_price_and_comes_back():
+    """smollm2's ShareGPT costs (c = 0.1, v(1) = 1.16: a first token pays from 0.26). A row whose first 4 drafts
+    are rejected goes plain. Its probe drafts until the cost stop, so it loses at most the first token's
+    c + v(1) - 1 - first_accept plain steps, and it waits ceil(that / probe_budget) plain steps: 2-5 here, where
+    a probe of probe_k tokens priced at alpha waited 17 and the backoff 8, 16, 32. Once probes are kept the
+    row drafts again. In a batch the probe is verified at its full width, and the backoff stays."""
+    cm = CostModel(c=0.1, v={0: 1.0, 1: 1.16, 2: 1.2, 4: 1.33, 8: 1.52, 16: 1.93})
+    cm.update(0, 0.0, 0.3)
+    cm.update(1, 0.03, 0.348)
+    assert cm.measured and cm.c == pytest.approx(0.1) and cm.v(1) == pytest.approx(1.16)
+    row = CostAware(cost_model=cm, learn_costs=False)
+    row.drafter_confidence = True
+    kept = iter([0] * 8 + [1] * 3)  # each drafting step's first token
+    log = []
+    while len(log) < 40 and (not log or log[-1][0] != "first_token" or len(log) < 5):
+        k = row.propose_k()
+        d = row.decision()
+        log.append((d["reason"], d.get("first_accept"), d["probe_wait"]))
+        a = next(kept) if k else 0
+        row.observe(k, 1 if k else 0, a, 0.0, 0.0)
+        cm.observe_acceptance(1 if k else 0, a)
+    reasons = [r for r, _, _ in log]
+    assert reasons[:4] == ["first_token"] * 4 and reasons[4] == "plain"
+    probes = [i for i, r in enumerate(reasons) if r == "probe"]
+    assert len(probes) == 6  # 4 rejected, 2 kept, and then the row drafts on its first token again
+    assert reasons[-1] == "first_token" and log[-1][1] >= 0.1 + 0.16
+    for i in probes:  # each probe came after the wait its first token's price sets
+        _, first, wait = log[i]
+        assert wait == math.ceil((0.1 + 0.16 - first) / 0.03) and 1 <= wait <= 5
+        assert reasons[i - wait : i] == ["plain"] * wait
+    assert probes[3] < 4 + 8 + 1 + 16  # 4 probes before the backoff (8, 16, 32 plain steps) would make its 2nd
+    cm.batch_size = 2  # a batch: the probe's full width, and the backoff
+    assert row._probe_wait(row.alpha, 0.2) == row._gap
