@@ -172,6 +172,32 @@ def test_int8_drafter_leaves_the_output_exact(tiny_zoo, drafter):
 
 
 @int8_only
+@pytest.mark.parametrize("kind", ["plain", "outliers"])
+def test_an_int8_rows_product_does_not_depend_on_the_rows_fed_with_it(kind):
+    """fbgemm quantises a whole input with one scale: a loud row beside a row (a prompt's catch-up, another row of
+    the batch) coarsened it. Each row is now quantised as if alone, and as close to fp32 as fbgemm alone gets it."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 64)
+    q = prepack.Int8Linear(lin) if kind == "plain" else prepack.OutlierInt8Linear(lin, torch.tensor([5, 9]))
+    x = torch.randn(4, 256) + 0.5
+    x[1] *= 40.0  # a loud neighbour
+    x[3] = 0.25  # a constant row: no range at all
+    with torch.inference_mode():
+        together = q(x)
+        alone = torch.cat([q(x[i : i + 1]) for i in range(4)])
+        exact = lin(x)
+        fbgemm_alone = torch.cat([torch.ops.quantized.linear_dynamic(x[i : i + 1], q.packed, True) for i in range(4)])
+    if kind == "plain":
+        assert torch.equal(together, alone)
+    else:  # the fp32 product over the loud channels rounds by the rows it is given
+        assert torch.allclose(together, alone, rtol=0, atol=1e-5)
+    assert torch.allclose(together[3], exact[3], atol=1e-2)
+    if kind == "plain":
+        err, ref = (together - exact).abs().mean(), (fbgemm_alone + lin.bias - exact).abs().mean()
+        assert err < 1.1 * ref, (err, ref)
+
+
+@int8_only
 def test_outlier_channels_run_in_fp32_beside_the_int8_product():
     torch.manual_seed(0)
     lin = nn.Linear(256, 64)
@@ -229,7 +255,8 @@ def test_calibration_finds_each_down_projections_loud_inputs_and_decomposes_them
     with torch.inference_mode():
         q_kept, q_every = kept.model(x).logits, every.model(x).logits
     rel, rel_kept, rel_every = (((y - dense).norm() / dense.norm()).item() for y in (q, q_kept, q_every))
-    assert rel < 1.1 * rel_kept and rel < 0.6 * rel_every, (rel, rel_kept, rel_every)  # 0.062, 0.062, 0.119
+    # 0.036, 0.036, 0.053 (0.062, 0.062, 0.119 while fbgemm quantised the whole sequence with one scale)
+    assert rel < 1.1 * rel_kept and rel < 0.8 * rel_every, (rel, rel_kept, rel_every)
 
 
 def test_drafter_quantize_is_validated():
