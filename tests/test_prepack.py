@@ -175,26 +175,26 @@ def test_int8_drafter_leaves_the_output_exact(tiny_zoo, drafter):
 @pytest.mark.parametrize("kind", ["plain", "outliers"])
 def test_an_int8_rows_product_does_not_depend_on_the_rows_fed_with_it(kind):
     """fbgemm quantises a whole input with one scale: a loud row beside a row (a prompt's catch-up, another row of
-    the batch) coarsened it. Each row is now quantised as if alone, and as close to fp32 as fbgemm alone gets it."""
+    the batch) coarsened it. Each row is now quantised on its own range, as close to fp32 as fed alone (a row
+    fed alone goes straight through fbgemm: the same grid up to where its zero falls)."""
     torch.manual_seed(0)
     lin = nn.Linear(256, 64)
     q = prepack.Int8Linear(lin) if kind == "plain" else prepack.OutlierInt8Linear(lin, torch.tensor([5, 9]))
     x = torch.randn(4, 256) + 0.5
     x[1] *= 40.0  # a loud neighbour
     x[3] = 0.25  # a constant row: no range at all
+    quiet = [0, 2]
     with torch.inference_mode():
         together = q(x)
         alone = torch.cat([q(x[i : i + 1]) for i in range(4)])
         exact = lin(x)
-        fbgemm_alone = torch.cat([torch.ops.quantized.linear_dynamic(x[i : i + 1], q.packed, True) for i in range(4)])
-    if kind == "plain":
-        assert torch.equal(together, alone)
-    else:  # the fp32 product over the loud channels rounds by the rows it is given
-        assert torch.allclose(together, alone, rtol=0, atol=1e-5)
+        one_scale = torch.ops.quantized.linear_dynamic(x, q.packed, True) + lin.bias  # fbgemm as it comes
+    err = (together - exact)[quiet].abs().mean()
+    assert err < 1.1 * (alone - exact)[quiet].abs().mean()
+    if kind == "plain":  # the loud row's scale for every row: far coarser
+        assert (one_scale - exact)[quiet].abs().mean() > 5 * err
+        assert (together - alone)[quiet].abs().max() < (one_scale - alone)[quiet].abs().max() / 10
     assert torch.allclose(together[3], exact[3], atol=1e-2)
-    if kind == "plain":
-        err, ref = (together - exact).abs().mean(), (fbgemm_alone + lin.bias - exact).abs().mean()
-        assert err < 1.1 * ref, (err, ref)
 
 
 @int8_only
