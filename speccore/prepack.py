@@ -28,7 +28,8 @@ each down projection's OUTLIER_CHANNELS loudest input channels, and `OutlierInt8
 beside an int8 product over the rest (LLM.int8()'s decomposition, with the channels fixed once).
 Agreement stays where keeping the whole projection fp32 put it (0.79), and a 0.5B drafter step streams a
 third fewer bytes (down_proj is more than half of them in fp32). Without calibration ids the down
-projections stay fp32 (pre-packed).
+projections stay fp32 (pre-packed). (Those agreements were measured over whole texts in one forward, while
+fbgemm still gave all of a forward's rows one scale; each row now gets its own, see `Int8Linear._run`.)
 A tied LM head is quantised too: its int8 copy is a quarter of the embedding it shares, and the
 embedding keeps reading the dense weight. The target is never quantised (the engine's exactness depends on it).
 """
