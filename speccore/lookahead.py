@@ -713,8 +713,8 @@ class CostAware(_Policy):
         probe_k tokens at alpha (0.5 with smollm2 at alpha 0.1, a wait of 17). The budget then bounds the probes'
         cost by itself, and the backoff is not needed: with it, one ShareGPT row whose first 5 drafts were
         rejected went plain for 60 of its 64 tokens (its 2 probes, 20 steps apart, were rejected too), while
-        one-token drafts at its next 36 steps are kept 22 times in its trace (BENCHMARKS.md). In a batch every row pays the probe's
-        full width (batch_k), so there the backoff and the budget at probe_k stay."""
+        one-token drafts at its next 36 steps are kept 22 times in its trace (BENCHMARKS.md). In a batch every
+        row pays the probe's full width (batch_k), so there the backoff and the budget at probe_k stay."""
         cm = self.cost_model
         if first is not None and cm.batch_size == 1 and self.probe_budget is not None and cm.measured:
             return self._budget_gap(cm.c + cm.v(1) - 1.0 - first)
