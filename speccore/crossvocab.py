@@ -162,9 +162,8 @@ class CrossVocabProposer:
                 keep -= 1
             start = v.ends[keep - 1] if keep else 0
             ids = self.d.encode(v.text[start:end])
-            spans = [len(self.d.bytes[i] or b"") for i in ids]
             if self.d.to_bytes(ids) == v.text[start:end]:
-                ends = list(itertools.accumulate(spans, initial=start))[1:]
+                ends = list(itertools.accumulate((len(self.d.bytes[i] or b"") for i in ids), initial=start))[1:]
             else:
                 ends = [None] * (len(ids) - 1) + [end] if ids else []
             v.out[keep:], v.ends[keep:] = ids, ends

@@ -153,24 +153,28 @@ class Int8Linear(PackedLinear):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
+        # reduce_range=True: 7-bit activations, so fbgemm's AVX2 int8 multiply-adds cannot saturate
         if x.shape[0] == 1:  # one row is quantised on its own range anyway, and a drafter's step feeds one
             y = torch.ops.quantized.linear_dynamic(x, self.packed, True)
-            return (y if self.bias is None else y + self.bias).reshape(*shape[:-1], self.out_features)
+        else:
+            y = self._per_row(x)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def _per_row(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T for a [rows, in] x, each row quantised on its own range."""
         # fbgemm quantises the whole input with one scale, so a row's product would depend on the rows fed with
         # it: a loud row beside it (a prompt's catch-up, another row of the batch) coarsens it. Each row is mapped
         # onto [0, 1] first, x = lo + span * x', so that every row spans the same range and is quantised as if
         # alone: W x = span * (W x') + lo * (W 1). A 576-wide linear's rows came out 1.5x further from fp32 fed
         # together than fed one by one (BENCHMARKS.md).
         # [0, 1], not [-1, 1]: its zero point is exact, where [-1, 1]'s is rounded and clips a row's top value. The
-        # mapping's 9 small ops per linear made a one-row smollm2 step 25% slower (33.5 -> 42 ms), hence one row
-        # goes straight through above.
+        # mapping's 9 small ops per linear made a one-row smollm2 step 25% slower (33.5 -> 42 ms), hence _run
+        # sends one row straight through.
         lo = x.amin(-1, keepdim=True)
         span = (x.amax(-1, keepdim=True) - lo).clamp_min(1e-12)
-        # reduce_range=True: 7-bit activations, so fbgemm's AVX2 int8 multiply-adds cannot saturate
-        y = torch.ops.quantized.linear_dynamic((x - lo) / span, self.packed, True) * span + lo * self.row_sums
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
+        return torch.ops.quantized.linear_dynamic((x - lo) / span, self.packed, True) * span + lo * self.row_sums
 
 
 class OutlierInt8Linear(Int8Linear):
