@@ -17,8 +17,9 @@ token as the engine's draft loop would.
 What it leaves out, so take its figures as the model's, not the clock's:
 - same vocabulary: after a draft's first wrong token, the probabilities of the tokens drafted after it are
   read from the target's prefix, not the drafter's own (they only decide how many wasted tokens a stop
-  rule drafts); cross vocabulary: the drafter's view of the output is synced at every position, where the
-  engine syncs it at each drafting step (its encoding of the output can split differently);
+  rule drafts); cross vocabulary: an int8 drafter's cache holds other roundings than a run's (its tokens
+  are fed in other groups, and int8 quantises one row and several rows differently: `check` finds an fp32
+  drafter's trace step-exact, an int8 one's not);
 - costs are fixed at a bench run's measured c and v(k) (`--costs`): no catch-up, no per-step Python.
 
     python -m bench.replay trace --target qwen2.5-coder-1.5b --drafter qwen2.5-coder-0.5b --int8 \
@@ -30,6 +31,7 @@ What it leaves out, so take its figures as the model's, not the clock's:
     python -m bench.replay replay /tmp/traces-*.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json \
         --drafter-cost 'qwen2.5-coder-0.5b@int8'
     python -m bench.replay bounds /tmp/traces-humaneval.json --costs bench/results/2026-11-22-same-vocab-1.5b-int8.json
+    python -m bench.replay check /tmp/traces-humaneval-smollm2.json --pair smollm2-135m@int8 --k 16
 """
 from __future__ import annotations
 
@@ -153,12 +155,15 @@ class FixedCosts(CostModel):
 
 
 def run_row(row: dict, policy, cm: CostModel, max_new: int) -> list[dict]:
-    """One row decoded under `policy`, as the engine steps it; returns its steps (k, drafted, accepted)."""
+    """One row decoded under `policy`, as the engine steps it; returns its steps (k, drafted, accepted). A step's
+    room is the engine's, the budget `max_new` less what the row has emitted: a row whose output ended on EOS
+    before the budget did not know it would (capped at the output's length, a constant k drafted fewer tokens
+    near such a row's end than the engine did)."""
     n = len(row["target"])
     draft = _slem_draft if "slem" in row else _draft
     t, steps = 1, []  # the prompt's forward emits the first token; the steps start after it
     while t < n:
-        room = max(0, min(max_new, n) - t - 1)
+        room = max(0, max_new - t - 1)
         k = min(policy.propose_k(), room)
         drafted, accepted = draft(row, t, k, policy)
         policy.observe(k, drafted, accepted, 0.0, 0.0)
@@ -166,6 +171,52 @@ def run_row(row: dict, policy, cm: CostModel, max_new: int) -> list[dict]:
         steps.append({"k": k, "drafted": drafted, "accepted": accepted})
         t += accepted + 1
     return steps
+
+
+def at_live_positions(row: dict, live: list[tuple[int, int, int]]) -> list[tuple[int, tuple, tuple]]:
+    """Each live step (k, drafted, accepted) of a row beside what its trace says a step drafting k from the same
+    position drafts and keeps: [(position, live (drafted, accepted), traced (drafted, accepted))]."""
+    draft = _slem_draft if "slem" in row else _draft
+    out, t = [], 1
+    for k, drafted, accepted in live:
+        traced = draft(row, t, k, _DraftAll()) if k else (0, 0)
+        out.append((t, (drafted, accepted), traced))
+        t += accepted + 1
+    return out
+
+
+def check(args) -> None:
+    """Decode a trace's rows live at a constant k (the engine, as bench.py builds it) and print, for each live
+    step, whether the trace drafts and keeps as many target tokens from the same position: is the trace exact
+    for this pair? Marks: '.' equal, '[t: live/traced]' not."""
+    from bench import bench as B
+    from speccore.models import load_model
+
+    torch.set_num_threads(args.threads)
+    s = json.loads(Path(args.trace).read_text())
+    rows_by_id = {r["row_id"]: r for r in s["rows"]}
+    pair = args.pair
+    ns = B.parse_args(["--target", s["target"], "--pairs", f"ar,{pair}", "--dataset", s["dataset"], "--n",
+                       str(len(s["rows"])), "--max-prompt-tokens", str(args.max_prompt_tokens),
+                       "--max-new-tokens", str(args.max_new_tokens), "--no-hf"])
+    target = load_model(s["target"], prepack=True)
+    name, _, quant = pair.partition("@")
+    drafter = load_model(name, prepack=True, int8=quant == "int8")
+    rows, _, _ = B.load_rows(ns, target)
+    cfg, proposer, algo = B.pair_setup(ns, target, pair, drafter)
+    run = B.speccore_runner(B.make_engine(target, B.policy_spec(ns, cfg, proposer, algo, pair, "constant", args.k, None), 1))
+    same = total = 0
+    with torch.inference_mode():
+        for row, ids in rows:
+            traced = rows_by_id[row.row_id]
+            out, st = run(row, ids, args.max_new_tokens)
+            if out != traced["target"]:
+                raise SystemExit(f"{row.row_id}: the live output is not the traced one")
+            marks = at_live_positions(traced, [(x["k"], x["drafted"], x["accepted"]) for x in st["log"]])
+            same += sum(a == b for _, a, b in marks)
+            total += len(marks)
+            print(row.row_id, "".join("." if a == b else f"[{t}: {a}/{b}]" for t, a, b in marks))
+    print(f"{same} of {total} live steps draft and keep what the trace says")
 
 
 def _drafted(policy, tops: list[float]) -> int:
@@ -399,8 +450,15 @@ def main(argv=None) -> None:
     b.add_argument("--max-new-tokens", type=int, default=64)
     g = sub.add_parser("signals", help="the first drafted token's acceptance by what is known before drafting")
     g.add_argument("traces", nargs="+")
+    c = sub.add_parser("check", help="decode a trace's rows live at a constant k: does the trace step as the engine?")
+    c.add_argument("trace")
+    c.add_argument("--pair", required=True, help="the drafter the trace was made with, as bench --pairs names it")
+    c.add_argument("--k", type=int, default=16)
+    c.add_argument("--max-prompt-tokens", type=int, default=256)
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    {"trace": trace, "replay": replay, "bounds": bounds, "signals": signals}[args.cmd](args)
+    {"trace": trace, "replay": replay, "bounds": bounds, "signals": signals, "check": check}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -109,19 +109,25 @@ def test_signals_tabulates_the_next_tokens_agreement_by_what_came_before(tmp_pat
 
 
 def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
-    from bench.replay import FixedCosts, main as replay_main, run_row
+    from bench.replay import FixedCosts, at_live_positions, main as replay_main, run_row
     from speccore.lookahead import ConfidenceStop, Constant
 
     cm = FixedCosts(0.2, {0: 1.0, 1: 1.1, 4: 1.4, 8: 1.7, 16: 2.4})
     assert cm.v(2) == pytest.approx(1.2) and cm.v(20) == pytest.approx(2.75) and cm.c == 0.2
     # token 0 comes from the prompt's forward; from 1, k=2: tokens 1-2 drafted, 1 kept (+1 bonus); from 3: 2 kept
-    # (+1); at 6 no room is left: a plain step
+    # (+1); at 6 a budget of 8 leaves room for 1, and the output (it ended on EOS) has 1 token left to draft
     row = {"target": [7] * 7, "match": [1, 1, 0, 1, 1, 1, 1], "top": [0.9] * 7}
-    got = run_row(row, Constant(2), cm, 64)
+    got = run_row(row, Constant(2), cm, 8)
+    assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(2, 2, 1), (2, 2, 2), (1, 1, 1)]
+    # a budget of 7, as long as the output: at 6 no room is left, a plain step
+    got = run_row(row, Constant(2), cm, 7)
     assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(2, 2, 1), (2, 2, 2), (0, 0, 0)]
+    # the engine drafted 2 from 1 and kept 1 (as traced), then drafted 1 from 3 where the trace would draft 2
+    assert at_live_positions(row, [(2, 2, 1), (2, 1, 1), (1, 1, 1)]) == [
+        (1, (2, 1), (2, 1)), (3, (1, 1), (2, 2)), (5, (1, 1), (1, 1))]
     sure = {"target": [7] * 7, "match": [1] * 7, "top": [0.9, 0.9, 0.3, 0.9, 0.9, 0.9, 0.9]}
-    # stops after the unsure token 2 (kept); then k is capped by the room left (2)
-    got = run_row(sure, ConfidenceStop(k_max=4, threshold=0.5), cm, 64)
+    # stops after the unsure token 2 (kept); then k is capped by the room a budget of 7 leaves (2)
+    got = run_row(sure, ConfidenceStop(k_max=4, threshold=0.5), cm, 7)
     assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(4, 2, 2), (2, 2, 2)]
     trace = tmp_path / "t.json"
     trace.write_text(json.dumps({"dataset": "toy", "rows": [row, sure]}))
@@ -138,9 +144,9 @@ def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
 
 def test_a_cross_vocab_trace_replays_as_the_engine_steps_its_slem_rows(tiny_zoo):
     """SLEM traces of the tiny cross-vocab pair, replayed at constant k = 4, step exactly as the engine's rows
-    (rows that run to the token budget: the replay caps a row's room at its output's length), and a stop
-    after the j-th drafter token takes the j-token draft's re-encoding, capped at k."""
-    from bench.replay import FixedCosts, run_row, slem_drafts
+    (and `at_live_positions` finds every live step as traced), and a stop after the j-th drafter token takes the
+    j-token draft's re-encoding, capped at k."""
+    from bench.replay import FixedCosts, at_live_positions, run_row, slem_drafts
     from speccore.lookahead import ConfidenceStop, Constant
     from speccore.models import load_model
     from speccore.prompts import encode_row
@@ -160,7 +166,9 @@ def test_a_cross_vocab_trace_replays_as_the_engine_steps_its_slem_rows(tiny_zoo)
         assert all(len(at["top"]) == len(at["n"]) == len(at["acc"]) <= 16 for at in trace["slem"])
         assert all(a <= n for at in trace["slem"] for a, n in zip(at["acc"], at["n"]))
         got = [(s["k"], s["drafted"], s["accepted"]) for s in run_row(trace, Constant(4), cm, NEW)]
-        assert got == [(s.k, s.drafted, s.accepted) for s in steps if s.row_id == r.row_id]
+        live = [(s.k, s.drafted, s.accepted) for s in steps if s.row_id == r.row_id]
+        assert got == live
+        assert all(a == b for _, a, b in at_live_positions(trace, live))
 
     at = {"top": [0.9, 0.2, 0.9], "n": [2, 2, 4], "acc": [1, 2, 3]}  # the second drafter token merges into one
     row = {"target": [7] * 12, "slem": [at] * 12}
@@ -181,7 +189,8 @@ def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_p
     costs = tmp_path / "c.json"
     costs.write_text(json.dumps({"costs": {"drafters": {"d": {"c": 0.2}},
                                            "target": {"v": {"0": 1, "1": 1.1, "4": 1.4, "8": 1.7, "16": 2.4}}}}))
-    replay_main(["bounds", str(trace), "--costs", str(costs), "--drafter-cost", "d", "--k-max", "4"])
+    replay_main(["bounds", str(trace), "--costs", str(costs), "--drafter-cost", "d", "--k-max", "4",
+                 "--max-new-tokens", "5"])  # the budget the row ran to
     got = [ln.split(" | ")[0].strip("| ") + " " + ln.split(" | ")[2] for ln in capsys.readouterr().out.splitlines()[3:]]
     # oracle: 4 tokens for 2 one-token drafts (1.3 each); told: the first step also pays c for the rejected
     # token 1 (4 / 2.8); fitted: 0.99 is kept 1 time in 2, 0.6 always, so theta > 0.5 drafts one token a step
