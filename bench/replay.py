@@ -17,9 +17,9 @@ token as the engine's draft loop would.
 What it leaves out, so take its figures as the model's, not the clock's:
 - same vocabulary: after a draft's first wrong token, the probabilities of the tokens drafted after it are
   read from the target's prefix, not the drafter's own (they only decide how many wasted tokens a stop
-  rule drafts); cross vocabulary: an int8 drafter's cache holds other roundings than a run's (its tokens
-  are fed in other groups, and int8 quantises one row and several rows differently: `check` finds an fp32
-  drafter's trace step-exact, an int8 one's not);
+  rule drafts); cross vocabulary: an int8 drafter's tokens are fed in other groups than a run's, which moves the
+  last bits of its activations, and its int8 rounding turns some of those into whole steps (`check` finds an
+  fp32 drafter's trace step-exact, an int8 one's not);
 - costs are fixed at a bench run's measured c and v(k) (`--costs`): no catch-up, no per-step Python.
 
     python -m bench.replay trace --target qwen2.5-coder-1.5b --drafter qwen2.5-coder-0.5b --int8 \
