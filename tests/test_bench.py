@@ -178,6 +178,28 @@ def test_a_cross_vocab_trace_replays_as_the_engine_steps_its_slem_rows(tiny_zoo)
     assert run_row(row, Constant(1), cm, 64)[0] == {"k": 1, "drafted": 1, "accepted": 1}  # 1 drafter token, 2 cut
 
 
+def test_check_finds_an_fp32_drafters_traces_step_exact(tiny_zoo, tmp_path, capsys):
+    """`check` end to end on the tiny zoo: a same-vocab trace, then a SLEM trace of its outputs, then the rows
+    decoded live at a constant k; with fp32 drafters every live step drafts and keeps what the trace says."""
+    from bench.replay import main as replay_main
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
+    target = str(tiny_zoo["target-llama-g"])
+    common = ["--target", target, "--dataset", str(data), "--n", "2", "--max-new-tokens", "12", "--threads", "1"]
+    same, cross = tmp_path / "same.json", tmp_path / "cross.json"
+    replay_main(["trace", "--drafter", str(tiny_zoo["drafter-llama-g"]), *common, "--out", str(same)])
+    replay_main(["trace", "--drafter", str(tiny_zoo["drafter-llama-m"]), "--cross-vocab", "--k-max", "6",
+                 "--targets-from", str(same), *common, "--out", str(cross)])
+    capsys.readouterr()
+    for trace, drafter in ((same, "drafter-llama-g"), (cross, "drafter-llama-m")):
+        replay_main(["check", str(trace), "--pair", str(tiny_zoo[drafter]), "--k", "4", "--max-new-tokens", "12",
+                     "--threads", "1"])
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        same, total = int(last.split()[0]), int(last.split()[2])
+        assert total > 2 and same == total and last.endswith("live steps draft and keep what the trace says"), last
+
+
 def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_path, capsys):
     from bench.replay import main as replay_main
 
