@@ -160,7 +160,7 @@ def run_row(row: dict, policy, cm: CostModel, max_new: int) -> list[dict]:
     before the budget did not know it would (capped at the output's length, a constant k drafted fewer tokens
     near such a row's end than the engine did)."""
     n = len(row["target"])
-    draft = _slem_draft if "slem" in row else _draft
+    draft = _draft_for(row)
     t, steps = 1, []  # the prompt's forward emits the first token; the steps start after it
     while t < n:
         room = max(0, max_new - t - 1)
@@ -176,7 +176,7 @@ def run_row(row: dict, policy, cm: CostModel, max_new: int) -> list[dict]:
 def at_live_positions(row: dict, live: list[tuple[int, int, int]]) -> list[tuple[int, tuple, tuple]]:
     """Each live step (k, drafted, accepted) of a row beside what its trace says a step drafting k from the same
     position drafts and keeps: [(position, live (drafted, accepted), traced (drafted, accepted))]."""
-    draft = _slem_draft if "slem" in row else _draft
+    draft = _draft_for(row)
     out, t = [], 1
     for k, drafted, accepted in live:
         traced = draft(row, t, k, _DraftAll()) if k else (0, 0)
@@ -195,7 +195,7 @@ def check(args) -> None:
     torch.set_num_threads(args.threads)
     s = json.loads(Path(args.trace).read_text())
     rows_by_id = {r["row_id"]: r for r in s["rows"]}
-    pair = args.pair
+    pair = args.pair  # as bench --pairs names it: a drafter, "@int8" for its int8 form
     ns = B.parse_args(["--target", s["target"], "--pairs", f"ar,{pair}", "--dataset", s["dataset"], "--n",
                        str(len(s["rows"])), "--max-prompt-tokens", str(args.max_prompt_tokens),
                        "--max-new-tokens", str(args.max_new_tokens), "--no-hf"])
@@ -217,6 +217,11 @@ def check(args) -> None:
             total += len(marks)
             print(row.row_id, "".join("." if a == b else f"[{t}: {a}/{b}]" for t, a, b in marks))
     print(f"{same} of {total} live steps draft and keep what the trace says")
+
+
+def _draft_for(row: dict):
+    """How a traced row drafts: `_slem_draft` for a cross-vocab trace, `_draft` for a same-vocab one."""
+    return _slem_draft if "slem" in row else _draft
 
 
 def _drafted(policy, tops: list[float]) -> int:

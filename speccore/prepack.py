@@ -29,7 +29,7 @@ beside an int8 product over the rest (LLM.int8()'s decomposition, with the chann
 Agreement stays where keeping the whole projection fp32 put it (0.79), and a 0.5B drafter step streams a
 third fewer bytes (down_proj is more than half of them in fp32). Without calibration ids the down
 projections stay fp32 (pre-packed). (Those agreements were measured over whole texts in one forward, while
-fbgemm still gave all of a forward's rows one scale; each row now gets its own, see `Int8Linear._run`.)
+fbgemm still gave all of a forward's rows one scale; each row now gets its own, see `Int8Linear._per_row`.)
 A tied LM head is quantised too: its int8 copy is a quarter of the embedding it shares, and the
 embedding keeps reading the dense weight. The target is never quantised (the engine's exactness depends on it).
 """
