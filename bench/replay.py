@@ -341,29 +341,52 @@ def bounds(args) -> None:
     for the rejected token it drafted, and c + a plain step where that is the first); and the best rule
     "draft while P(every token so far kept) >= theta", P the acceptance per drafter-confidence bin of these
     very traces and theta fitted on them: a yardstick, fitted in hindsight, for stops that go on the drafter's
-    confidence."""
+    confidence.
+
+    A cross-vocab trace gets the oracle and the fitted theta only, P there being a drafter token's: kept when
+    the draft cut after it keeps every target token it re-encodes to, given the tokens before it were. A told
+    stop has no clear meaning there: a cut whose last target token is part of a longer word is rejected, and
+    the draft one drafter token longer may keep it."""
     c, v = load_costs(args)
     print("| bound | dataset | speedup | fraction of the oracle |")
     print("|---|---|---|---|")
     for path in args.traces:
-        s = _same_vocab(path)
+        s = json.loads(Path(path).read_text())
         cm = FixedCosts(c, v)
         log = constant_log(s, cm, args)
         oracle = oracle_speedup(log, cm)
-        told = sum(st["accepted"] + 1 for st in log) / sum(
-            c + 1 if st["accepted"] == 0 else cm.step_cost(st["accepted"]) + c * (st["drafted"] > st["accepted"])
-            for st in log)
-        hits, seen = [0] * len(CONFIDENCE_EDGES), [0] * len(CONFIDENCE_EDGES)
-        for r in s["rows"]:
-            for m, p in zip(r["match"], r["top"]):
-                b = confidence_bin(p)
-                seen[b] += 1
-                hits[b] += m
-        fitted = [h / n if n else 0.0 for h, n in zip(hits, seen)]
-        theta, best = _best_theta(s, fitted, cm, args)
-        for name, sp in (("oracle", oracle), ("told after each drafted token", told),
-                         (f"best fitted theta ({theta:.2f})", best)):
+        found = [("oracle", oracle)]
+        if not s.get("cross_vocab"):
+            told = sum(st["accepted"] + 1 for st in log) / sum(
+                c + 1 if st["accepted"] == 0 else cm.step_cost(st["accepted"]) + c * (st["drafted"] > st["accepted"])
+                for st in log)
+            found.append(("told after each drafted token", told))
+        theta, best = _best_theta(s, kept_by_bin(s), cm, args)
+        found.append((f"best fitted theta ({theta:.2f})", best))
+        for name, sp in found:
             print(f"| {name} | {s['dataset']} | {sp:.2f}× | {sp / oracle:.0%} |")
+
+
+def kept_by_bin(trace: dict) -> list[float]:
+    """Per drafter-confidence bin, the share of a trace's drafted tokens that were kept (0 where none fell):
+    each output position's token in a same-vocab trace; in a cross-vocab one, each drafter token of the draft
+    from each position, up to its first that was not kept (a later one's fate was never in question)."""
+    hits, seen = [0] * len(CONFIDENCE_EDGES), [0] * len(CONFIDENCE_EDGES)
+    for r in trace["rows"]:
+        if "slem" in r:
+            verdicts = []
+            for at in r["slem"]:
+                for p, n, acc in zip(at["top"], at["n"], at["acc"]):
+                    verdicts.append((p, acc >= n))
+                    if acc < n:
+                        break
+        else:
+            verdicts = zip(r["top"], r["match"])
+        for p, kept in verdicts:
+            b = confidence_bin(p)
+            seen[b] += 1
+            hits[b] += bool(kept)
+    return [h / n if n else 0.0 for h, n in zip(hits, seen)]
 
 
 def _best_theta(trace: dict, accept: list[float], cm: CostModel, args) -> tuple[float, float]:
@@ -447,7 +470,7 @@ def main(argv=None) -> None:
                    help="';'-separated, each 'name' or 'name:key=value,...'")
     r.add_argument("--k-max", type=int, default=16)
     r.add_argument("--max-new-tokens", type=int, default=64)
-    b = sub.add_parser("bounds", help="the oracle, a stop told each token's verdict, and the best fitted threshold")
+    b = sub.add_parser("bounds", help="the oracle, a stop told each token's verdict (same vocab), and the best fitted threshold")
     b.add_argument("traces", nargs="+")
     b.add_argument("--costs", required=True, help="a bench result JSON with a costs part")
     b.add_argument("--drafter-cost", default="qwen2.5-coder-0.5b@int8", help="its key under costs.drafters")

@@ -219,6 +219,29 @@ def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_p
     assert got == ["oracle 1.54×", "told after each drafted token 1.43×", "best fitted theta (0.52) 1.54×"]
 
 
+def test_bounds_of_a_cross_vocab_trace_fit_theta_on_drafter_tokens(tmp_path, capsys):
+    """A SLEM trace: the fitted stop reads a drafter token as kept when the cut after it keeps all its target
+    tokens; no told stop is priced."""
+    from bench.replay import main as replay_main
+
+    # from every position: drafter token 1 re-encodes to 1 target token, kept; the cut after token 2 to 2, of
+    # which 1 is kept (token 2 is the first not kept); token 3's fate is never in question, so token 1's bin
+    # reads kept always (were token 3 counted as not kept, half the time, and theta > 0.5 would stop after 1)
+    at = {"top": [0.9, 0.6, 0.9], "n": [1, 2, 3], "acc": [1, 1, 1]}
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"dataset": "toy", "cross_vocab": True, "rows": [{"target": [7] * 5, "slem": [at] * 5}]}))
+    costs = tmp_path / "c.json"
+    costs.write_text(json.dumps({"costs": {"drafters": {"d": {"c": 0.2}},
+                                           "target": {"v": {"0": 1, "1": 1.1, "4": 1.4, "8": 1.7, "16": 2.4}}}}))
+    replay_main(["bounds", str(trace), "--costs", str(costs), "--drafter-cost", "d", "--k-max", "4",
+                 "--max-new-tokens", "5"])
+    got = [ln.split(" | ")[0].strip("| ") + " " + ln.split(" | ")[2] for ln in capsys.readouterr().out.splitlines()[3:]]
+    # constant k_max: from 1 (room 3) 2 target tokens drafted, 1 kept; from 3 (room 1) 1 drafted, kept. The oracle
+    # drafts 1 each time (4 tokens / 2.6). Token 1's bin is kept always and token 2's never, so every theta
+    # drafts 2 drafter tokens from 1 (2 target tokens, 1.6) and 1 from 3 (1.3): 4 / 2.9
+    assert got == ["oracle 1.54×", "best fitted theta (0.02) 1.38×"]
+
+
 def test_steptime_times_verifies_beside_drafter_forwards(tiny_zoo, capsys):
     """bench/steptime.py on the tiny zoo: every mode is timed, v(1) is printed, each drafter fp32 and int8."""
     from bench.steptime import main as steptime_main
