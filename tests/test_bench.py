@@ -131,9 +131,7 @@ def test_replay_steps_a_trace_as_the_engine_does(tmp_path, capsys):
     assert [(s["k"], s["drafted"], s["accepted"]) for s in got] == [(4, 2, 2), (2, 2, 2)]
     trace = tmp_path / "t.json"
     trace.write_text(json.dumps({"dataset": "toy", "rows": [row, sure]}))
-    costs = tmp_path / "c.json"
-    costs.write_text(json.dumps({"costs": {"drafters": {"d": {"c": 0.2}},
-                                           "target": {"v": {"0": 1, "1": 1.1, "4": 1.4, "8": 1.7, "16": 2.4}}}}))
+    costs = _toy_costs(tmp_path)
     replay_main(["replay", str(trace), "--costs", str(costs), "--drafter-cost", "d",
                  "--policies", "constant:k=2;cost:stop=confidence;cost", "--k-max", "4"])
     out = capsys.readouterr().out
@@ -200,20 +198,31 @@ def test_check_finds_an_fp32_drafters_traces_step_exact(tiny_zoo, tmp_path, caps
         assert total > 2 and same == total and last.endswith("live steps draft and keep what the trace says"), last
 
 
-def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_path, capsys):
-    from bench.replay import main as replay_main
-
-    # after token 0 (the prompt's forward), constant k_max = 4 drafts tokens 1-3 (room 3) and keeps 1, then
-    # token 3 alone (room 1) and keeps it
-    row = {"target": [7] * 5, "match": [1, 1, 0, 1, 1], "top": [0.5, 0.99, 0.99, 0.6, 0.6]}
-    trace = tmp_path / "t.json"
-    trace.write_text(json.dumps({"dataset": "toy", "rows": [row]}))
+def _toy_costs(tmp_path):
+    """A bench result's costs part for the toy traces: drafter "d" at c = 0.2, and v(k) at 1, 4, 8 and 16."""
     costs = tmp_path / "c.json"
     costs.write_text(json.dumps({"costs": {"drafters": {"d": {"c": 0.2}},
                                            "target": {"v": {"0": 1, "1": 1.1, "4": 1.4, "8": 1.7, "16": 2.4}}}}))
-    replay_main(["bounds", str(trace), "--costs", str(costs), "--drafter-cost", "d", "--k-max", "4",
-                 "--max-new-tokens", "5"])  # the budget the row ran to
-    got = [ln.split(" | ")[0].strip("| ") + " " + ln.split(" | ")[2] for ln in capsys.readouterr().out.splitlines()[3:]]
+    return costs
+
+
+def _bounds_of(trace_set: dict, tmp_path, capsys) -> list[str]:
+    """`bounds` on a toy trace set at k_max 4 and a budget of 5 tokens (the one its rows ran to), at the toy
+    costs: each printed row as 'bound speedup'."""
+    from bench.replay import main as replay_main
+
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps(trace_set))
+    replay_main(["bounds", str(trace), "--costs", str(_toy_costs(tmp_path)), "--drafter-cost", "d", "--k-max", "4",
+                 "--max-new-tokens", "5"])
+    return [ln.split(" | ")[0].strip("| ") + " " + ln.split(" | ")[2] for ln in capsys.readouterr().out.splitlines()[3:]]
+
+
+def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_path, capsys):
+    # after token 0 (the prompt's forward), constant k_max = 4 drafts tokens 1-3 (room 3) and keeps 1, then
+    # token 3 alone (room 1) and keeps it
+    row = {"target": [7] * 5, "match": [1, 1, 0, 1, 1], "top": [0.5, 0.99, 0.99, 0.6, 0.6]}
+    got = _bounds_of({"dataset": "toy", "rows": [row]}, tmp_path, capsys)
     # oracle: 4 tokens for 2 one-token drafts (1.3 each); told: the first step also pays c for the rejected
     # token 1 (4 / 2.8); fitted: 0.99 is kept 1 time in 2, 0.6 always, so theta > 0.5 drafts one token a step
     assert got == ["oracle 1.54×", "told after each drafted token 1.43×", "best fitted theta (0.52) 1.54×"]
@@ -222,20 +231,12 @@ def test_bounds_price_the_oracle_a_told_stop_and_the_best_fitted_threshold(tmp_p
 def test_bounds_of_a_cross_vocab_trace_fit_theta_on_drafter_tokens(tmp_path, capsys):
     """A SLEM trace: the fitted stop reads a drafter token as kept when the cut after it keeps all its target
     tokens; no told stop is priced."""
-    from bench.replay import main as replay_main
-
     # from every position: drafter token 1 re-encodes to 1 target token, kept; the cut after token 2 to 2, of
     # which 1 is kept (token 2 is the first not kept); token 3's fate is never in question, so token 1's bin
     # reads kept always (were token 3 counted as not kept, half the time, and theta > 0.5 would stop after 1)
     at = {"top": [0.9, 0.6, 0.9], "n": [1, 2, 3], "acc": [1, 1, 1]}
-    trace = tmp_path / "t.json"
-    trace.write_text(json.dumps({"dataset": "toy", "cross_vocab": True, "rows": [{"target": [7] * 5, "slem": [at] * 5}]}))
-    costs = tmp_path / "c.json"
-    costs.write_text(json.dumps({"costs": {"drafters": {"d": {"c": 0.2}},
-                                           "target": {"v": {"0": 1, "1": 1.1, "4": 1.4, "8": 1.7, "16": 2.4}}}}))
-    replay_main(["bounds", str(trace), "--costs", str(costs), "--drafter-cost", "d", "--k-max", "4",
-                 "--max-new-tokens", "5"])
-    got = [ln.split(" | ")[0].strip("| ") + " " + ln.split(" | ")[2] for ln in capsys.readouterr().out.splitlines()[3:]]
+    got = _bounds_of({"dataset": "toy", "cross_vocab": True, "rows": [{"target": [7] * 5, "slem": [at] * 5}]},
+                     tmp_path, capsys)
     # constant k_max: from 1 (room 3) 2 target tokens drafted, 1 kept; from 3 (room 1) 1 drafted, kept. The oracle
     # drafts 1 each time (4 tokens / 2.6). Token 1's bin is kept always and token 2's never, so every theta
     # drafts 2 drafter tokens from 1 (2 target tokens, 1.6) and 1 from 3 (1.3): 4 / 2.9
