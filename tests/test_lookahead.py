@@ -752,6 +752,22 @@ def test_cost_stop_drafts_while_the_next_token_pays_for_itself(c, tops, drafted)
     assert p.decision()["stop"] == "cost"
 
 
+@pytest.mark.parametrize("tops, drafted", [
+    # c + v(2) - v(1) = 1.0 > 0.99 x 0.99: the next token alone does not pay for the step, but drafting on to
+    # token 3 adds 0.99 x (0.99 + 0.99^2) = 1.95 tokens for 2c + v(3) - v(1) = 1.11, and past the step each
+    # token costs c + 0.01: the whole k_max
+    ([0.99] * 12, 12),
+    # 0.6 tokens: at most 0.6 x (0.6 + 0.36 + ...) = 0.9 more tokens, less than the 1.0 or more that drafting
+    # past the step costs: the draft ends after its first token
+    ([0.6] * 12, 1),
+])
+def test_cost_stop_drafts_past_a_step_in_the_verify_cost_when_the_tokens_beyond_it_pay(tops, drafted):
+    step = CostModel(c=0.1, v=lambda k: 1.0 if k == 0 else 1.1 if k == 1 else 2.0 + 0.01 * (k - 2))
+    p = CostAware(k_max=12, cost_model=step, learn_costs=False, **strong(0.9))
+    p.drafter_confidence = True
+    assert p.rate == 1.0 and drafts(p, tops) == drafted
+
+
 def test_cost_stop_prices_a_token_against_the_rows_tokens_per_cost():
     """A token is drafted if it adds more tokens per unit of cost than the row makes on average: a fresh row
     (rate 1, as plain decoding) drafts two 0.6 tokens; once its drafts yield 5 tokens for 2.2 plain steps,
