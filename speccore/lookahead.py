@@ -753,11 +753,11 @@ class CostAware(_Policy):
         replays decided at v curves with such a step and priced at the run's measured costs, the one-token test
         reached 80-83% of the oracle on HumanEval and this one 84-86% (BENCHMARKS.md)."""
         cm, gain, p = self.cost_model, 0.0, self._p_all
-        v_i = cm.v(i)
+        rate, c, v_i = self.rate, cm.c, cm.v(i)  # fixed for the whole scan: read once, not per width
         for j in range(i + 1, self.k_max + 1):
             p *= later
             gain += p
-            if gain >= self.rate * ((j - i) * cm.c + cm.v(j) - v_i):
+            if gain >= rate * ((j - i) * c + cm.v(j) - v_i):
                 return True
         return False
 
