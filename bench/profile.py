@@ -172,6 +172,7 @@ def run(args) -> None:
         decode([warm], bargs.warmup_tokens)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)  # a file left by an earlier run must not pass for this one's
         proc = _start_spy(spy, out, args.rate)
         t0 = time.perf_counter()
         try:
