@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.bench import main
+from bench.bench import in_run_oracle, main
 
 PROMPTS = [
     {"prompt": "def add(a, b):"},
@@ -40,6 +40,14 @@ def test_bench_end_to_end(tiny_zoo, tmp_path):
     spec = {c["name"]: c for c in res["configs"]}["sc:drafter-llama-g/constant"]
     assert spec["ratio_vs_peer"] is not None and spec["rows_vs_peer"] == 2 and spec["drafted"] > 0
     assert 0 < spec["oracle"]["fraction_of_oracle"] and spec["oracle"]["oracle_speedup"] > 0
+    by = {c["name"]: c for c in res["configs"]}
+    fields = res["meta"]["steps_log_fields"]["speccore"]
+    decoding_s = {x: sum(s[fields.index("draft_ms")] + s[fields.index("verify_ms")] for s in by[x]["steps_log"])
+                  for x in ("sc:ar", spec["name"])}  # every row identical here, so every row counts
+    assert spec["speedup_vs_own_ar_decoding"] == pytest.approx(decoding_s["sc:ar"] / decoding_s[spec["name"]])
+    assert spec["oracle"]["fraction_of_oracle_in_run"] == pytest.approx(
+        spec["speedup_vs_own_ar_decoding"] / spec["oracle"]["oracle_speedup_in_run"])
+    assert by["hf:drafter-llama-g"]["speedup_vs_own_ar_decoding"] is None  # transformers' steps are not timed
     assert res["hf_assist_settings"]["hf:drafter-llama-g"]["num_assistant_tokens"] > 0
     assert "batch_size = 1" in res["hf_batch_refusal"]
     assert set(res["costs"]["target"]["v"]) == {"0", "1", "2", "3"}
@@ -48,6 +56,21 @@ def test_bench_end_to_end(tiny_zoo, tmp_path):
     mem = res["memory"]
     assert mem["peak_rss_bytes"] > 0 and mem["param_bytes_total"] > 0 and "meets_goal" in mem
     assert out.with_suffix(".md").read_text().startswith("# speccore benchmark")
+
+
+def test_the_in_run_oracle_pays_the_runs_own_costs():
+    """c and v as the run's steps saw them (inrun_costs) price the oracle's log; a width the run never verified
+    is interpolated between two it did, from a plain step of 1 (the AR steps' median defines it; the speculative
+    rows' plain steps, timed beside them, read 0.9 here)."""
+    inrun = {"t1_ms": 200.0, "v": {0: 0.9, 2: 1.4, 4: 1.8}, "c": {"d": 0.5}}
+    log = [{"k": 6, "drafted": 6, "accepted": 1}, {"k": 6, "drafted": 6, "accepted": 0},
+           {"k": 6, "drafted": 6, "accepted": 6}]
+    # a = 1: 0.5 + v(1) = 0.5 + 1.2 < 2; a = 0: plain, 1; a = 6: 3 + v(6) = 3 + 2.2 < 7 (beyond 4 on the last slope)
+    got = in_run_oracle(inrun, "d", log, measured=1.5)
+    assert got["oracle_speedup_in_run"] == pytest.approx((2 + 1 + 7) / (1.7 + 1 + 5.2))
+    assert got["fraction_of_oracle_in_run"] == pytest.approx(1.5 / got["oracle_speedup_in_run"])
+    assert in_run_oracle(inrun, "other", log, 1.5) == {} and in_run_oracle({}, "d", log, 1.5) == {}
+    assert in_run_oracle(inrun, "d", log, None)["fraction_of_oracle_in_run"] is None
 
 
 def test_gpu_bench_harness_on_cpu(tmp_path):
