@@ -51,13 +51,18 @@ OTHER = "the engine's other Python"
 DRAFTING, TARGET = "drafting", "target step and engine"
 
 
+PACKAGES = ("speccore/", "transformers/", "tokenizers/", "torch/")
+
+
 def _frame(text: str) -> tuple[str, str]:
-    """("Func.name", "pkg/path.py") of one py-spy frame, "Func.name (pkg/path.py:123)"; the path as py-spy
-    shortens it (relative to site-packages or the working directory), site-packages' prefix dropped."""
+    """("Func.name", "pkg/path.py") of one py-spy frame, "Func.name (pkg/path.py:123)". py-spy writes a path
+    relative to the working directory or site-packages where it can, else absolute (an editable install run from
+    elsewhere): a path inside one of PACKAGES is cut to start there, so the rules below see one spelling."""
     name, _, rest = text.partition(" (")
     path = rest.rsplit(":", 1)[0] if rest else ""
-    if "site-packages/" in path:
-        path = path.split("site-packages/", 1)[1]
+    if not path.startswith(PACKAGES):
+        at = max(path.rfind("/" + pkg) for pkg in PACKAGES)
+        path = path[at + 1:] if at >= 0 else path
     return name, path
 
 

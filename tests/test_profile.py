@@ -22,7 +22,7 @@ RAW = {  # stack below STEP (None: a loading stack) -> samples
     f"{DRAFT};DraftModelProposer.propose.<locals>.pick (speccore/draft_model.py:123);pick_from "
     f"(speccore/draft_model.py:96)": 4,
     f"{DRAFT};RowState.should_continue (speccore/engine.py:103);CostAware.should_continue "
-    f"(speccore/lookahead.py:740)": 2,
+    f"(/work/main/speccore/lookahead.py:740)": 2,  # an editable install run from elsewhere: absolute paths
     "RowState.propose_k (speccore/engine.py:100);CostAware.propose_k (speccore/lookahead.py:660)": 3,
     f"{SLEM};CrossVocabProposer._sync_view (speccore/crossvocab.py:160);TextCodec.encode "
     f"(speccore/crossvocab.py:89)": 6,
