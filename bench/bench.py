@@ -873,8 +873,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(threads0)  # the harness may run inside another process (the smoke test)
 
 
-def _main(args, transformers, load_model) -> dict:
-    t_start = time.time()
+def load_models(args, load_model) -> tuple:
+    """(target, {label: drafter}, {model: (param, buffer) bytes before packing}, {model: what was packed}): the
+    target and each pair's drafter once, pre-packed as a run packs them (an @int8 drafter int8) with --prepack on."""
     target = load_model(args.target, dtype=args.dtype, device=args.device)
     drafters = {}
     for pair in args.pairs:
@@ -889,6 +890,12 @@ def _main(args, transformers, load_model) -> dict:
         # the dense weights stay only for transformers' peers: with --no-hf, memory is the pipeline's
         packed = {k: prepack_model(m.model, m.tokenizer, int8=k.endswith(INT8), keep_dense=not args.no_hf)
                   for k, m in models.items()}
+    return target, drafters, pbytes, packed
+
+
+def _main(args, transformers, load_model) -> dict:
+    t_start = time.time()
+    target, drafters, pbytes, packed = load_models(args, load_model)
     rss_load, peak_load = _rss_now(), _peak_rss()
     counted, warm, skipped = load_rows(args, target)
     if not counted:

@@ -146,8 +146,8 @@ def run(args) -> None:
 
     import torch
 
-    from bench.bench import INT8, _label, load_rows, make_engine, pair_setup, parse_args, policy_spec
-    from speccore.models import load_model, prepack_model
+    from bench.bench import AR, PLD, _label, load_models, load_rows, make_engine, pair_setup, parse_args, policy_spec
+    from speccore.models import load_model
 
     spy = spy_path()
     if spy is None:
@@ -157,16 +157,10 @@ def run(args) -> None:
                         "--parts", "main", "--dtype", args.dtype])
     if args.threads:
         torch.set_num_threads(args.threads)
-    target = load_model(args.target, dtype=args.dtype)
-    drafter = None
-    if args.pair not in ("ar", "prompt-lookup"):
-        drafter = load_model(args.pair.removesuffix(INT8), dtype=args.dtype)
-    prepack_model(target.model, target.tokenizer)
-    if drafter is not None:
-        prepack_model(drafter.model, drafter.tokenizer, int8=args.pair.endswith(INT8))
+    target, drafters, _, _ = load_models(bargs, load_model)
     counted, warm, _ = load_rows(bargs, target)
-    label = args.pair if args.pair in ("ar", "prompt-lookup") else _label(args.pair)
-    cfg, proposer, algo = pair_setup(bargs, target, label, drafter)
+    label = args.pair if args.pair in (AR, PLD) else _label(args.pair)
+    cfg, proposer, algo = pair_setup(bargs, target, label, drafters.get(label))
     engine = make_engine(target, policy_spec(bargs, cfg, proposer, algo, label, args.policy, bargs.k, None), 1)
 
     def decode(rows, max_new: int) -> int:
