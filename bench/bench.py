@@ -580,23 +580,16 @@ def analyse_main(args, target, cfgs: list[Config], counted, costs: dict | None) 
                     gaps[key] = divergence_gap(target, counted[i][1], ref[i], out, j, args.device)
                 divs.append({"config": c.name, "row_id": counted[i][0].row_id, "position": j, **gaps[key]})
 
-    def ratio(a: str, b: str | None):
-        """Speedup of a over b (b's time / a's time) on rows where both equal the reference."""
+    def ratio(a: str, b: str | None, seconds: Callable = lambda result: result[1]):
+        """Speedup of a over b (b's seconds / a's) on rows where both equal the reference; a row's seconds are its
+        wall time unless `seconds` reads others off its (out, wall, stats) result."""
         if b is None or b not in by or a not in by:
             return None, 0
         rows = [i for i in range(n) if same[a][i] and same[b][i]]
-        if not rows:
+        num, den = (sum(seconds(by[x].results[i]) for i in rows) for x in (b, a))
+        if not rows or not den:
             return None, 0
-        return sum(by[b].results[i][1] for i in rows) / sum(by[a].results[i][1] for i in rows), len(rows)
-
-    def decoding_ratio(a: str, b: str | None):
-        """ratio() over the decoding steps' seconds alone: without each row's prompt forward, which every
-        configuration pays alike and which the oracle's pricing leaves out too (speccore rows only)."""
-        if b is None or b not in by or a not in by or by[a].impl != "speccore" or by[b].impl != "speccore":
-            return None
-        rows = [i for i in range(n) if same[a][i] and same[b][i]]
-        secs = {x: sum(step_seconds(by[x].results[i][2]) for i in rows) for x in (a, b)}
-        return secs[b] / secs[a] if rows and secs[a] else None
+        return num / den, len(rows)
 
     oracle_cfg, ologs = {}, {}
     for c in cfgs:
@@ -631,7 +624,10 @@ def analyse_main(args, target, cfgs: list[Config], counted, costs: dict | None) 
                           "identical": same[c.name][i]} for i in sorted(c.results)],
              "steps_log": [s for r in res for s in r[2].get("log", [])] if c.impl == "speccore" else
                           [[s["drafted"], s["accepted"]] for r in res for s in r[2].get("log", [])]}
-        d["speedup_vs_own_ar_decoding"] = decoding_ratio(c.name, c.own_ar)
+        # the decoding steps' seconds alone, without each row's prompt forward, which every configuration pays
+        # alike and which the oracle's pricing leaves out too (speccore rows only: transformers' steps are not timed)
+        d["speedup_vs_own_ar_decoding"] = ratio(c.name, c.own_ar, lambda result: step_seconds(result[2]))[0] \
+            if c.impl == "speccore" and by.get(c.own_ar) is not None and by[c.own_ar].impl == "speccore" else None
         if costs and c.impl == "speccore" and c.pair != AR and c.pair in oracle_cfg and res:
             cm = cost_model_for(costs, c.pair)
             olog = ologs[c.pair] = [s for r in oracle_cfg[c.pair].results.values() for s in r[2]["log"]]
