@@ -168,7 +168,7 @@ def fit(args) -> None:
     rows = evaluate(data, args.sizes, args.l2)
     held = len(np.unique(data["conversation"])) - int(len(np.unique(data["conversation"])) * 0.75)
     print(f"{len(data['y'])} positions, {len(np.unique(data['conversation']))} conversations ({held} held out), "
-          f"agreement {data['y'].mean():.3f}; held-out AUC:")
+          f"agreement {data['y'].mean():.3f}; held-out AUC:\n")
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
