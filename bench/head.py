@@ -37,6 +37,8 @@ def exchanges(path: str | None = None, skip: int = 0) -> Iterator[tuple[int, str
     """(record index, human turn, reply) for each ShareGPT record that opens with a human turn and a reply."""
     from speccore.sources import SourceReport, SourceSpec, _open
 
+    # _open, not iter_rows: a Row keeps the turns up to the first human one, and the reply is what is labelled here.
+    # The record stream is the loader's own, so the packaged file's truncation is recovered and warned of as a run's.
     for rec in _open(SourceSpec(kind="sharegpt", path=path), SourceReport()):
         turns = (rec.data or {}).get("conversations") if rec.index >= skip else None
         if (isinstance(turns, list) and len(turns) >= 2 and all(isinstance(t, dict) for t in turns[:2])
