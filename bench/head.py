@@ -29,7 +29,6 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-INT8 = "@int8"
 SMALL = ("p", "p2", "entropy")  # the per-token numbers a stop can read without the hidden state
 
 
@@ -65,10 +64,11 @@ def label(target, drafter, ids: list[int], start: int) -> dict[str, np.ndarray]:
     """Per position t in [start, len(ids) - 1): whether the drafter's argmax after ids[:t+1] is the target's, and
     what the drafter showed there (top two probabilities, entropy, last hidden state)."""
     x = torch.tensor([ids], dtype=torch.long)
+    keep = len(ids) - start  # the vocabulary projection at the labelled positions (and the last) only, not the prompt's
     with torch.inference_mode():
-        target_next = target(input_ids=x).logits[0, start:-1].argmax(-1)
-        out = drafter(input_ids=x, output_hidden_states=True)
-    probs = torch.softmax(out.logits[0, start:-1].double(), -1)
+        target_next = target(input_ids=x, logits_to_keep=keep).logits[0, :-1].argmax(-1)
+        out = drafter(input_ids=x, output_hidden_states=True, logits_to_keep=keep)
+    probs = torch.softmax(out.logits[0, :-1].double(), -1)
     top = probs.topk(2, -1)
     entropy = -(probs * probs.clamp_min(1e-300).log()).sum(-1)
     return {"y": (top.indices[:, 0] == target_next).numpy(), "p": top.values[:, 0].numpy(),
@@ -77,14 +77,14 @@ def label(target, drafter, ids: list[int], start: int) -> dict[str, np.ndarray]:
 
 
 def collect(args) -> None:
-    from speccore.models import load_model, prepack_model
+    from bench.bench import _label, load_models, parse_args
+    from speccore.models import load_model
 
     torch.set_num_threads(args.threads)
-    target = load_model(args.target, dtype=args.dtype)
-    drafter = load_model(args.drafter.removesuffix(INT8), dtype=args.dtype)
-    if args.prepack:
-        prepack_model(target.model, target.tokenizer)
-        prepack_model(drafter.model, drafter.tokenizer, int8=args.drafter.endswith(INT8))
+    bargs = parse_args(["--target", args.target, "--pairs", args.drafter, "--no-hf", "--dtype", args.dtype,
+                        "--prepack", "on" if args.prepack else "off"])
+    target, drafters, _, _ = load_models(bargs, load_model)  # loaded and packed as the bench (and a run) does
+    drafter = drafters[_label(args.drafter)]
     parts, t0 = [], time.monotonic()
     for index, human, reply in exchanges(args.path, args.skip):
         if time.monotonic() - t0 > args.seconds or sum(len(p["y"]) for p in parts) >= args.positions:
